@@ -1,0 +1,218 @@
+"""Run the compression analysis over a stream of traces, on every core, in bounded memory.
+
+The stream is cut into chunks; each chunk is parsed, measured (and tokenized) in a worker process and
+comes back as columns. Only numeric columns are kept, so memory grows by a few bytes per trace, not by
+the size of the text.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mementokit.analysis.stats import (
+    PAIR_COLUMNS,
+    PAIR_TOKEN_COLUMNS,
+    TRACE_COLUMNS,
+    TRACE_TOKEN_COLUMNS,
+    ChunkResult,
+    TraceInput,
+    measure_chunk,
+    summarize_values,
+)
+from mementokit.format.markers import DEFAULT_MARKERS, Markers
+
+# Figures reported per trace and per block in the summary (and drawn in the plots).
+SUMMARY_TRACE_METRICS = (
+    "blocks",
+    "chars",
+    "block_chars",
+    "summary_chars",
+    "block_words",
+    "summary_words",
+    "char_ratio",
+    "word_ratio",
+    "median_block_chars",
+    "median_summary_chars",
+    "compressed_fraction",
+)
+SUMMARY_TOKEN_TRACE_METRICS = ("tokens", "block_tokens", "summary_tokens", "wrapper_tokens", "answer_tokens", "token_ratio", "token_compression")
+
+
+@dataclass
+class AnalysisReport:
+    """Everything `memento analyze` found: the per-trace table, the per-pair table, and their summary."""
+
+    traces: pd.DataFrame  # one row per trace
+    pairs: pd.DataFrame  # one row per block-memento pair: domain, trace_index, PAIR_COLUMNS (+ tokens)
+    tokenizer: str | None = None
+    skipped: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def domains(self) -> list[str]:
+        """Domains, most traces first."""
+        counts = self.traces["domain"].value_counts(sort=True)
+        return [str(d) for d in counts.index]
+
+    def _group_summary(self, traces: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, Any]:
+        invalid = Counter(p for problems in traces["problem_list"] for p in problems)
+        trace_metrics = SUMMARY_TRACE_METRICS + (SUMMARY_TOKEN_TRACE_METRICS if self.tokenizer else ())
+        pair_metrics = PAIR_COLUMNS + (PAIR_TOKEN_COLUMNS if self.tokenizer else ())
+        return {
+            "traces": int(len(traces)),
+            "valid": int(traces["valid"].sum()) if len(traces) else 0,
+            "invalid": int((~traces["valid"]).sum()) if len(traces) else 0,
+            "invalid_by_problem": dict(sorted(invalid.items())),
+            "block_memento_pairs": int(len(pairs)),
+            "per_trace": {m: summarize_values(traces[m].to_numpy()) for m in trace_metrics},
+            "per_block": {m: summarize_values(pairs[m].to_numpy()) for m in pair_metrics},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary: `by_domain.<domain>` and `overall`, each with traces, per_trace, per_block."""
+        by_domain = {}
+        for domain in self.domains:
+            by_domain[domain] = self._group_summary(
+                self.traces[self.traces["domain"] == domain], self.pairs[self.pairs["domain"] == domain]
+            )
+        return {
+            "tokenizer": self.tokenizer,
+            "skipped": self.skipped,
+            "skipped_reasons": self.skipped_reasons,
+            "by_domain": by_domain,
+            "overall": self._group_summary(self.traces, self.pairs),
+        }
+
+
+# -- worker side ------------------------------------------------------------------------------------
+_worker_tokenizer = None
+_worker_options: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_name: str | None, markers: Markers, keep_last: int, strict: bool) -> None:
+    global _worker_tokenizer, _worker_options
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if tokenizer_name is not None:
+        from mementokit.analysis.tokens import load_tokenizer
+
+        _worker_tokenizer = load_tokenizer(tokenizer_name, markers)
+    _worker_options = {"markers": markers, "keep_last": keep_last, "strict": strict}
+
+
+def _work(chunk: list[TraceInput]) -> ChunkResult:
+    return measure_chunk(chunk, _worker_tokenizer, **_worker_options)
+
+
+def _chunks(items: Iterable[TraceInput], size: int) -> Iterator[list[TraceInput]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class _Columns:
+    """Growing typed columns (8 bytes a number, a pointer for shared strings)."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, list] = {}
+        self.rows: dict[str, array] = {}
+        self.pairs: dict[str, array] = {}
+        self.pair_domain: list[str] = []
+        self.pair_trace: array = array("q")
+
+    def add(self, part: ChunkResult) -> int:
+        for name, values in part.meta.items():
+            self.meta.setdefault(name, []).extend(values)
+        for name, values in part.rows.items():
+            self.rows.setdefault(name, array("d")).extend(values)
+        for name, values in part.pairs.items():
+            self.pairs.setdefault(name, array("d")).extend(values)
+        # Which trace each pair belongs to: repeat each trace index by its number of mementos.
+        counts = part.rows.get("mementos", [])
+        for index, n in zip(part.meta["index"], counts):
+            self.pair_trace.extend([index] * int(n))
+        self.pair_domain.extend(part.pair_domain)
+        return len(part.meta["index"])
+
+
+def analyze_traces(
+    traces: Iterable[TraceInput],
+    *,
+    tokenizer: str | None = None,
+    markers: Markers = DEFAULT_MARKERS,
+    keep_last: int = 1,
+    strict: bool = False,
+    workers: int | None = None,
+    chunk_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> AnalysisReport:
+    """Measure every trace of the stream.
+
+    tokenizer: a Hugging Face tokenizer name or path (adds token counts). workers: processes (default:
+    every core; 1 runs in this process). progress: called with the number of traces done after each chunk.
+    """
+    workers = workers or os.cpu_count() or 1
+    columns = _Columns()
+    init_args = (tokenizer, markers, keep_last, strict)
+    if tokenizer is not None:
+        from mementokit.analysis.tokens import load_tokenizer
+
+        load_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
+    if workers <= 1:
+        _init_worker(*init_args)
+        results: Iterable[ChunkResult] = map(_work, _chunks(traces, chunk_size))
+        pool = None
+    else:
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args)
+        results = pool.imap(_work, _chunks(traces, chunk_size))
+    try:
+        for part in results:
+            done = columns.add(part)
+            if progress is not None:
+                progress(done)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return _report(columns, tokenizer)
+
+
+def _report(columns: _Columns, tokenizer: str | None) -> AnalysisReport:
+    meta = columns.meta or {"index": [], "origin": [], "domain": [], "source": [], "valid": [], "problem_list": []}
+    table = pd.DataFrame(
+        {
+            "index": np.asarray(meta["index"], dtype=np.int64),
+            "origin": meta["origin"],
+            "domain": meta["domain"],
+            "source": meta["source"],
+            "valid": np.asarray(meta["valid"], dtype=bool),
+            "problem_list": meta["problem_list"],
+        }
+    )
+    names = TRACE_COLUMNS + (TRACE_TOKEN_COLUMNS if tokenizer else ())
+    for name in names:
+        table[name] = np.frombuffer(columns.rows[name], dtype=np.float64) if name in columns.rows else np.zeros(0)
+    for name in ("chars", "blocks", "mementos", "problems") + (("tokens",) if tokenizer else ()):
+        table[name] = table[name].astype(np.int64)
+    pairs = pd.DataFrame({"trace_index": np.frombuffer(columns.pair_trace, dtype=np.int64), "domain": columns.pair_domain})
+    for name in PAIR_COLUMNS + (PAIR_TOKEN_COLUMNS if tokenizer else ()):
+        pairs[name] = np.frombuffer(columns.pairs[name], dtype=np.float64) if name in columns.pairs else np.zeros(0)
+    return AnalysisReport(traces=table, pairs=pairs, tokenizer=tokenizer)
+
+
+def write_trace_table(report: AnalysisReport, path) -> None:
+    """The per-trace table as Parquet (.parquet) or CSV (anything else); both load in pandas."""
+    table = report.traces.copy()
+    table["problems_found"] = [";".join(p) for p in table.pop("problem_list")]
+    if str(path).endswith(".parquet"):
+        table.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)

@@ -1,0 +1,213 @@
+"""Per-trace and per-block compression statistics, and their aggregates by domain.
+
+One trace gives one row of the per-trace table (`TRACE_COLUMNS`) and one row per block-memento pair
+(`PAIR_COLUMNS`). Ratios are memento / block (smaller is more compression); `token_compression` is the
+trace-level block tokens / memento tokens (the paper's ~6x).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mementokit.analysis.textstats import WordCounter
+from mementokit.format.compress import compress_trace
+from mementokit.format.markers import DEFAULT_MARKERS, Markers
+from mementokit.format.trace import Kind, Trace, parse_response
+
+# Per-block (block-memento pair) measurements.
+PAIR_COLUMNS = ("block_chars", "summary_chars", "block_words", "summary_words", "char_ratio", "word_ratio")
+PAIR_TOKEN_COLUMNS = ("block_tokens", "summary_tokens", "token_ratio")
+
+# Per-trace numeric measurements (the table also holds index, origin, domain, source, valid, problems).
+TRACE_COLUMNS = (
+    "chars",
+    "blocks",
+    "mementos",
+    "block_chars",
+    "summary_chars",
+    "answer_chars",
+    "block_words",
+    "summary_words",
+    "answer_words",
+    "char_ratio",
+    "word_ratio",
+    "median_block_chars",
+    "median_summary_chars",
+    "compressed_chars",
+    "compressed_fraction",
+    "problems",
+)
+TRACE_TOKEN_COLUMNS = (
+    "tokens",
+    "block_tokens",
+    "summary_tokens",
+    "wrapper_tokens",
+    "answer_tokens",
+    "token_ratio",
+    "token_compression",
+)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else math.nan
+
+
+def trace_measurements(
+    trace: Trace,
+    token_offsets: Sequence[tuple[int, int]] | None = None,
+    *,
+    keep_last: int = 1,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The per-trace row and the per-pair columns of one parsed trace.
+
+    `token_offsets` (from one tokenization of the whole response) adds token counts: a token belongs to
+    the segment its first character falls in; block and memento token counts exclude their markers.
+    """
+    response = trace.response
+    words = WordCounter(response)
+
+    def tokens_in(a: int, b: int) -> int:
+        return bisect_left(token_offsets, (b,)) - bisect_left(token_offsets, (a,))
+
+    pairs: dict[str, list[float]] = {name: [] for name in PAIR_COLUMNS}
+    if token_offsets is not None:
+        pairs.update({name: [] for name in PAIR_TOKEN_COLUMNS})
+    for block, summary in trace.pairs():
+        bc = block.content_end - block.content_start
+        sc = summary.content_end - summary.content_start
+        bw = words.words(block.content_start, block.content_end)
+        sw = words.words(summary.content_start, summary.content_end)
+        pairs["block_chars"].append(bc)
+        pairs["summary_chars"].append(sc)
+        pairs["block_words"].append(bw)
+        pairs["summary_words"].append(sw)
+        pairs["char_ratio"].append(_ratio(sc, bc))
+        pairs["word_ratio"].append(_ratio(sw, bw))
+        if token_offsets is not None:
+            bt = tokens_in(block.content_start, block.content_end)
+            st = tokens_in(summary.content_start, summary.content_end)
+            pairs["block_tokens"].append(bt)
+            pairs["summary_tokens"].append(st)
+            pairs["token_ratio"].append(_ratio(st, bt))
+
+    answer_chars = answer_words = 0
+    for seg in trace.segments:
+        if seg.kind is Kind.ANSWER:
+            answer_chars += seg.end - seg.start
+            answer_words += words.words(seg.start, seg.end)
+    block_chars, summary_chars = sum(pairs["block_chars"]), sum(pairs["summary_chars"])
+    block_words, summary_words = sum(pairs["block_words"]), sum(pairs["summary_words"])
+    compressed = len(compress_trace(trace, keep_last))
+    row: dict[str, float] = {
+        "chars": len(response),
+        "blocks": sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
+        "mementos": len(pairs["block_chars"]),
+        "block_chars": block_chars,
+        "summary_chars": summary_chars,
+        "answer_chars": answer_chars,
+        "block_words": block_words,
+        "summary_words": summary_words,
+        "answer_words": answer_words,
+        "char_ratio": _ratio(summary_chars, block_chars),
+        "word_ratio": _ratio(summary_words, block_words),
+        "median_block_chars": _median(pairs["block_chars"]),
+        "median_summary_chars": _median(pairs["summary_chars"]),
+        "compressed_chars": compressed,
+        "compressed_fraction": _ratio(compressed, len(response)),
+        "problems": len(trace.issues),
+    }
+    if token_offsets is not None:
+        block_tokens, summary_tokens = sum(pairs["block_tokens"]), sum(pairs["summary_tokens"])
+        answer_tokens = sum(tokens_in(s.start, s.end) for s in trace.segments if s.kind is Kind.ANSWER)
+        total = len(token_offsets)
+        row.update(
+            tokens=total,
+            block_tokens=block_tokens,
+            summary_tokens=summary_tokens,
+            answer_tokens=answer_tokens,
+            # Everything that is neither block/memento content nor answer: the think markers, the four block
+            # markers, separators, text before <think>, and blocks that have no memento.
+            wrapper_tokens=total - block_tokens - summary_tokens - answer_tokens,
+            token_ratio=_ratio(summary_tokens, block_tokens),
+            token_compression=_ratio(block_tokens, summary_tokens),
+        )
+    return row, pairs
+
+
+@dataclass
+class TraceInput:
+    """What the analysis needs of one trace (picklable, for worker processes)."""
+
+    response: str
+    domain: str = "unknown"
+    origin: str = ""
+    index: int = 0
+    source: str | None = None
+
+
+@dataclass
+class ChunkResult:
+    """Columnar measurements of a chunk of traces (what a worker sends back)."""
+
+    meta: dict[str, list] = field(default_factory=lambda: {"index": [], "origin": [], "domain": [], "source": [], "valid": [], "problem_list": []})
+    rows: dict[str, list[float]] = field(default_factory=dict)
+    pairs: dict[str, list[float]] = field(default_factory=dict)
+    pair_domain: list[str] = field(default_factory=list)
+
+
+def measure_chunk(
+    traces: Sequence[TraceInput],
+    tokenizer=None,
+    *,
+    markers: Markers = DEFAULT_MARKERS,
+    keep_last: int = 1,
+    strict: bool = False,
+) -> ChunkResult:
+    """Parse and measure a chunk of traces (one batched tokenizer call when a tokenizer is given)."""
+    offsets: list | None = None
+    if tokenizer is not None:
+        from mementokit.analysis.tokens import token_offsets_batch
+
+        offsets = token_offsets_batch(tokenizer, [t.response for t in traces])
+    result = ChunkResult()
+    for i, item in enumerate(traces):
+        trace = parse_response(item.response, markers)
+        if strict and trace.issues:
+            from mementokit.errors import InputError
+
+            raise InputError(f"invalid trace: {trace.issues[0]}", path=item.origin or None, field="response")
+        row, pairs = trace_measurements(trace, offsets[i] if offsets is not None else None, keep_last=keep_last)
+        meta = result.meta
+        meta["index"].append(item.index)
+        meta["origin"].append(item.origin)
+        meta["domain"].append(item.domain)
+        meta["source"].append(item.source)
+        meta["valid"].append(not trace.issues)
+        meta["problem_list"].append(sorted({issue.problem.value for issue in trace.issues}))
+        for name, value in row.items():
+            result.rows.setdefault(name, []).append(value)
+        n_pairs = 0
+        for name, values in pairs.items():
+            result.pairs.setdefault(name, []).extend(values)
+            n_pairs = len(values)
+        result.pair_domain.extend([item.domain] * n_pairs)
+    return result
+
+
+def summarize_values(values: Iterable[float]) -> dict[str, float | int]:
+    """count, mean, median, p10, p90 of the finite values (NaN ratios of empty blocks are left out)."""
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return {"count": 0, "mean": None, "median": None, "p10": None, "p90": None}
+    p10, median, p90 = np.percentile(arr, [10, 50, 90])
+    return {"count": int(arr.size), "mean": float(arr.mean()), "median": float(median), "p10": float(p10), "p90": float(p90)}

@@ -1,0 +1,60 @@
+"""Token counting with any Hugging Face tokenizer, the block markers registered as special tokens.
+
+Without the markers registered, "<|block_start|>" splits into several pieces and distorts every count
+(formats.md). We tokenize each whole response once (as a model would see it) and attribute every token to
+the segment its first character falls in, which costs one batched `tokenizers` call per chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from mementokit.errors import ConfigError
+from mementokit.format.markers import DEFAULT_MARKERS, Markers
+
+
+def load_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
+    """A `tokenizers.Tokenizer` with the four block markers (and the think markers) as special tokens.
+
+    Accepts a tokenizer.json file, a local directory, or a hub name (resolved by transformers; offline
+    machines need it in the local cache).
+    """
+    from tokenizers import AddedToken, Tokenizer
+
+    path = Path(name_or_path)
+    try:
+        if path.is_file():
+            tokenizer = Tokenizer.from_file(str(path))
+        else:
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(name_or_path)
+            tokenizer = getattr(hf, "backend_tokenizer", None)
+            if tokenizer is None:
+                raise ConfigError(f"tokenizer '{name_or_path}' has no fast (Rust) version; mementokit needs one")
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())  # our own copy: adding markers must not touch hf's
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds (OSError, ValueError, HTTP errors)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load tokenizer '{name_or_path}': {first_line}") from None
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    missing = [m for m in markers.all if m not in vocab]
+    if missing:
+        tokenizer.add_special_tokens([AddedToken(m, special=True, normalized=False) for m in missing])
+    return tokenizer
+
+
+def token_offsets_batch(tokenizer, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """For each text, the (start, end) character offsets of its tokens (no special tokens added).
+
+    Sorted by start, so `bisect_left(offsets, (position,))` counts the tokens that start before `position`.
+    """
+    return [enc.offsets for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def disable_tokenizer_threads() -> None:
+    """In worker processes, let processes (not Rust threads) share the cores."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"

@@ -1,0 +1,272 @@
+"""A lossless, one-pass model of a Memento response string.
+
+    prefix <think> text? (<|block_start|> block <|block_end|> sep <|summary_start|> memento <|summary_end|> sep)* </think> answer
+
+`parse_response` cuts the string into segments that tile it exactly: joining every segment's text gives
+back the input byte for byte, whatever the input (malformed ones included). Problems are recorded with
+their character offsets instead of being repaired, so nothing is lost or silently altered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from mementokit.errors import TraceFormatError
+from mementokit.format.markers import DEFAULT_MARKERS, Markers
+
+
+class Kind(str, Enum):
+    PREFIX = "prefix"  # text before <think>
+    THINK_START = "think_start"  # the <think> marker
+    TEXT = "text"  # text inside the think section that is neither block nor memento (separators, preamble)
+    BLOCK = "block"  # <|block_start|> content <|block_end|> (markers included in the span)
+    SUMMARY = "summary"  # <|summary_start|> memento <|summary_end|>
+    THINK_END = "think_end"  # the </think> marker
+    ANSWER = "answer"  # text after </think>
+    STRAY = "stray"  # a marker that has no place where it stands (e.g. <|block_end|> with no open block)
+
+    def __str__(self) -> str:  # so f-strings show "block", not "Kind.BLOCK"
+        return self.value
+
+
+class Problem(str, Enum):
+    BLOCK_WITHOUT_SUMMARY = "block_without_summary"
+    SUMMARY_WITHOUT_BLOCK = "summary_without_block"
+    NESTED_BLOCK = "nested_block"
+    UNCLOSED_BLOCK = "unclosed_block"
+    UNCLOSED_SUMMARY = "unclosed_summary"
+    MISSING_THINK_START = "missing_think_start"
+    MISSING_THINK_END = "missing_think_end"
+    MARKER_AFTER_THINK_END = "marker_after_think_end"
+    EMPTY_BLOCK = "empty_block"
+    EMPTY_SUMMARY = "empty_summary"
+    STRAY_MARKER = "stray_marker"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One validation problem, at a character offset of the response."""
+
+    problem: Problem
+    offset: int
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.problem.value} at char {self.offset}: {self.detail}"
+
+
+@dataclass(slots=True)
+class Segment:
+    kind: Kind
+    start: int  # [start, end) in the response, markers included
+    end: int
+    content_start: int  # [content_start, content_end): the text between the markers (== start/end for text)
+    content_end: int
+    closed: bool = True  # False for a block or memento whose end marker never came
+    index: int = -1  # block: its 0-based index; summary: the index of the block it summarises (-1: none)
+    summary: int = -1  # block only: position in Trace.segments of its memento (-1: none)
+
+    def text(self, response: str) -> str:
+        return response[self.start : self.end]
+
+    def content(self, response: str) -> str:
+        return response[self.content_start : self.content_end]
+
+
+@dataclass
+class Trace:
+    response: str
+    segments: list[Segment]
+    issues: list[Issue] = field(default_factory=list)
+    markers: Markers = DEFAULT_MARKERS
+
+    # -- views -----------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind is Kind.BLOCK]
+
+    @property
+    def summaries(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind is Kind.SUMMARY]
+
+    def block_texts(self) -> list[str]:
+        return [s.content(self.response) for s in self.segments if s.kind is Kind.BLOCK]
+
+    def summary_texts(self) -> list[str]:
+        return [s.content(self.response) for s in self.segments if s.kind is Kind.SUMMARY]
+
+    def pairs(self) -> list[tuple[Segment, Segment]]:
+        """Every block with the memento that summarises it (blocks without one are left out)."""
+        return [(s, self.segments[s.summary]) for s in self.segments if s.kind is Kind.BLOCK and s.summary >= 0]
+
+    @property
+    def answer(self) -> str:
+        return "".join(s.text(self.response) for s in self.segments if s.kind is Kind.ANSWER)
+
+    @property
+    def has_think_end(self) -> bool:
+        return any(s.kind is Kind.THINK_END for s in self.segments)
+
+    @property
+    def is_valid(self) -> bool:
+        return not self.issues
+
+    def problem_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for issue in self.issues:
+            counts[issue.problem.value] = counts.get(issue.problem.value, 0) + 1
+        return counts
+
+    def render(self) -> str:
+        """The response again, from the segments (equals `response` for every parsed input)."""
+        return "".join(self.response[s.start : s.end] for s in self.segments)
+
+    def check(self) -> Trace:
+        """Strict mode: raise TraceFormatError listing every problem; return self when there is none."""
+        if self.issues:
+            listed = "; ".join(str(i) for i in self.issues[:5])
+            more = f" (and {len(self.issues) - 5} more)" if len(self.issues) > 5 else ""
+            raise TraceFormatError(f"{len(self.issues)} format problem(s): {listed}{more}")
+        return self
+
+
+def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict: bool = False) -> Trace:
+    """Cut `response` into segments in one pass over its markers.
+
+    Rules (they mirror the token state machine of block-semantics.md where the text allows):
+    - a memento attaches to the most recently closed block that has none yet;
+    - a marker other than <|block_end|> inside an open block ends that block as unclosed (a second
+      <|block_start|> is reported as nesting); likewise for an open memento;
+    - markers after </think> are still parsed, and reported.
+    """
+    if not isinstance(response, str):
+        raise TypeError(f"response must be a str, got {type(response).__name__}")
+    kind_of = markers.kind_of
+    segments: list[Segment] = []
+    issues: list[Issue] = []
+    has_think_start = markers.think_start in response
+    zone = 0 if has_think_start else 1  # 0 before <think>, 1 inside, 2 after </think>
+    if not has_think_start:
+        issues.append(Issue(Problem.MISSING_THINK_START, 0, f"no {markers.think_start}"))
+    cursor = 0  # end of the last emitted segment
+    open_block: Segment | None = None
+    open_summary: Segment | None = None
+    unsummarised: list[int] = []  # positions in `segments` of closed blocks without a memento, newest last
+    n_blocks = 0
+    text_kind = (Kind.PREFIX, Kind.TEXT, Kind.ANSWER)
+
+    def flush_text(upto: int) -> None:
+        nonlocal cursor
+        if upto > cursor:
+            segments.append(Segment(text_kind[zone], cursor, upto, cursor, upto))
+            cursor = upto
+
+    def end_open_block(at: int, problem: Problem, detail: str) -> None:
+        nonlocal open_block, cursor
+        assert open_block is not None
+        open_block.end = open_block.content_end = at
+        open_block.closed = False
+        segments.append(open_block)
+        # Nesting is reported where the inner block starts; an unclosed block where it starts itself.
+        issues.append(Issue(problem, at if problem is Problem.NESTED_BLOCK else open_block.start, detail))
+        open_block = None
+        cursor = at
+
+    def end_open_summary(at: int) -> None:
+        nonlocal open_summary, cursor
+        assert open_summary is not None
+        open_summary.end = open_summary.content_end = at
+        open_summary.closed = False
+        segments.append(open_summary)
+        issues.append(Issue(Problem.UNCLOSED_SUMMARY, open_summary.start, "memento has no end marker"))
+        open_summary = None
+        cursor = at
+
+    def stray(a: int, b: int, detail: str) -> None:
+        nonlocal cursor
+        flush_text(a)
+        segments.append(Segment(Kind.STRAY, a, b, a, b))
+        issues.append(Issue(Problem.STRAY_MARKER, a, detail))
+        cursor = b
+
+    for match in markers.pattern.finditer(response):
+        a, b = match.span()
+        which = kind_of[match.group()]
+        if open_block is not None and which != "block_end":
+            if which == "block_start":
+                end_open_block(a, Problem.NESTED_BLOCK, f"block opened inside the block starting at char {open_block.start}")
+            else:
+                end_open_block(a, Problem.UNCLOSED_BLOCK, f"block ended by {match.group()} instead of its end marker")
+        if open_summary is not None and which != "summary_end":
+            end_open_summary(a)
+        if zone == 2 and which in ("block_start", "block_end", "summary_start", "summary_end"):
+            issues.append(Issue(Problem.MARKER_AFTER_THINK_END, a, f"{match.group()} after {markers.think_end}"))
+
+        if which == "block_start":
+            flush_text(a)
+            open_block = Segment(Kind.BLOCK, a, -1, b, -1, index=n_blocks)
+            n_blocks += 1
+        elif which == "block_end":
+            if open_block is None:
+                stray(a, b, f"{match.group()} with no open block")
+                continue
+            open_block.end, open_block.content_end = b, a
+            if not response[open_block.content_start : a].strip():
+                issues.append(Issue(Problem.EMPTY_BLOCK, open_block.start, "block has no text"))
+            unsummarised.append(len(segments))
+            segments.append(open_block)
+            open_block = None
+            cursor = b
+        elif which == "summary_start":
+            flush_text(a)
+            open_summary = Segment(Kind.SUMMARY, a, -1, b, -1)
+            if unsummarised:
+                block = segments[unsummarised.pop()]
+                open_summary.index = block.index
+                block.summary = len(segments)  # the memento is appended next, at this position
+            else:
+                issues.append(Issue(Problem.SUMMARY_WITHOUT_BLOCK, a, "memento with no closed block before it"))
+        elif which == "summary_end":
+            if open_summary is None:
+                stray(a, b, f"{match.group()} with no open memento")
+                continue
+            open_summary.end, open_summary.content_end = b, a
+            if not response[open_summary.content_start : a].strip():
+                issues.append(Issue(Problem.EMPTY_SUMMARY, open_summary.start, "memento has no text"))
+            segments.append(open_summary)
+            open_summary = None
+            cursor = b
+        elif which == "think_start":
+            if zone != 0:
+                stray(a, b, f"second {match.group()}")
+                continue
+            flush_text(a)
+            segments.append(Segment(Kind.THINK_START, a, b, a, b))
+            cursor, zone = b, 1
+        else:  # think_end
+            if zone == 2:
+                stray(a, b, f"second {match.group()}")
+                continue
+            flush_text(a)
+            segments.append(Segment(Kind.THINK_END, a, b, a, b))
+            cursor, zone = b, 2
+
+    end = len(response)
+    if open_block is not None:
+        end_open_block(end, Problem.UNCLOSED_BLOCK, "block has no end marker")
+    if open_summary is not None:
+        end_open_summary(end)
+    flush_text(end)
+    if zone < 2:
+        issues.append(Issue(Problem.MISSING_THINK_END, end, f"no {markers.think_end}"))
+    for seg in segments:
+        if seg.kind is Kind.BLOCK and seg.closed and seg.summary < 0:
+            issues.append(Issue(Problem.BLOCK_WITHOUT_SUMMARY, seg.start, f"block {seg.index} has no memento"))
+    # A memento claims its block when it opens, so an unclosed memento still counts as the block's.
+    issues.sort(key=lambda i: i.offset)
+    trace = Trace(response, segments, issues, markers)
+    return trace.check() if strict else trace
