@@ -1,0 +1,132 @@
+"""One forward pass over the physical cache, with the original positions and the right attention mask.
+
+transformers 5 builds its masks in PHYSICAL index space: the query offset is `cache.get_seq_length()` (the
+tensor length) and keys are numbered 0..L-1. For a full-attention model that is exactly right after eviction,
+because the surviving slots are in logical order and everything in the cache is visible to the new tokens; only
+rotary needs the logical positions, which we pass as `position_ids`. So the default ("implicit") path passes
+position ids plus, for a padded batch, a 2-D padding mask of the physical cache.
+
+An explicit 4-D additive mask [B, 1, q, L + q] built from LOGICAL positions is used when physical numbering is
+not enough:
+  - sliding-window layers (the window counts logical positions, not surviving slots);
+  - a chunk in which some keys must disappear part-way (a prompt holding completed blocks, prefilled with the
+    dense mask before its blocks are evicted).
+Models whose config lists `layer_types` take a dict {layer type: mask}; the others take one 4-D tensor, which
+transformers passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mementokit.generate.cache import PhysicalKVCache
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    explicit: bool  # always pass explicit 4-D masks built from logical positions
+    layer_types: tuple[str, ...] | None  # mask types the model reads from a dict, or None for a single tensor
+    sliding_window: int | None  # window of the sliding layers (logical tokens), None when there are none
+
+
+@dataclass(frozen=True)
+class Hide:
+    """Keys with logical position in [start, stop) are invisible to queries at position >= trigger."""
+
+    start: int
+    stop: int
+    trigger: int
+
+
+def plan_masks(model, *, force_explicit: bool = False) -> MaskPlan:
+    config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if layer_types is not None:
+        layer_types = tuple(dict.fromkeys(layer_types))
+        has_sliding = "sliding_attention" in layer_types
+        if not has_sliding:
+            window = None
+    else:
+        has_sliding = window is not None
+    return MaskPlan(explicit=force_explicit or has_sliding, layer_types=layer_types,
+                    sliding_window=window if has_sliding else None)
+
+
+def allowed_matrix(
+    query_positions: torch.Tensor,  # [B, q] long
+    key_positions: torch.Tensor,  # [B, K] long
+    key_valid: torch.Tensor,  # [B, K] bool
+    hides: list[list[Hide]] | None = None,
+) -> torch.Tensor:
+    """[B, q, K] bool: query may attend key (causal over logical positions, padding and hidden spans removed)."""
+    allowed = key_valid[:, None, :] & (key_positions[:, None, :] <= query_positions[:, :, None])
+    if hides:
+        for row, row_hides in enumerate(hides):
+            for hide in row_hides:
+                in_span = (key_positions[row] >= hide.start) & (key_positions[row] < hide.stop)  # [K]
+                late = query_positions[row] >= hide.trigger  # [q]
+                allowed[row] &= ~(late[:, None] & in_span[None, :])
+    return allowed
+
+
+def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, q, K] bool -> [B, 1, q, K] additive mask (0 where allowed, the dtype's minimum elsewhere)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def explicit_masks(plan: MaskPlan, allowed: torch.Tensor, query_positions, key_positions, dtype):
+    """The attention_mask argument for `plan`: one 4-D tensor, or a dict per layer type."""
+    windowed = allowed
+    if plan.sliding_window is not None:
+        distance = query_positions[:, :, None] - key_positions[:, None, :]  # [B, q, K]
+        windowed = allowed & (distance < plan.sliding_window)
+    if plan.layer_types is None:
+        return additive(windowed, dtype)
+    masks = {}
+    for layer_type in plan.layer_types:
+        masks[layer_type] = additive(windowed if layer_type == "sliding_attention" else allowed, dtype)
+    return masks
+
+
+def forward(
+    model,
+    kv: PhysicalKVCache,
+    plan: MaskPlan,
+    input_ids: torch.Tensor,  # [B, q]
+    query_positions: list[list[int]],  # B lists of q logical positions
+    *,
+    hides: list[list[Hide]] | None = None,
+    logits_to_keep: int = 1,
+) -> torch.Tensor:
+    """Run the model on `input_ids` appended to `kv`; returns logits [B, logits_to_keep or q, V] in fp32."""
+    device = input_ids.device
+    position_ids = torch.tensor(query_positions, dtype=torch.long, device=device)  # [B, q]
+    any_hides = bool(hides) and any(hides)
+    if plan.explicit or any_hides:
+        if kv.batch_size:
+            past_positions, past_valid = kv.key_positions(device)  # [B, L]
+        else:  # empty cache: no past keys
+            past_positions = position_ids[:, :0]
+            past_valid = torch.ones_like(past_positions, dtype=torch.bool)
+        key_positions = torch.cat([past_positions, position_ids], dim=1)  # [B, L + q]
+        key_valid = torch.cat([past_valid, torch.ones_like(position_ids, dtype=torch.bool)], dim=1)
+        allowed = allowed_matrix(position_ids, key_positions, key_valid, hides if any_hides else None)
+        dtype = model.get_input_embeddings().weight.dtype
+        attention_mask = explicit_masks(plan, allowed, position_ids, key_positions, dtype)
+    else:
+        attention_mask = kv.padding_mask(input_ids.shape[1], device)  # [B, L + q] or None
+    output = model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        past_key_values=kv.cache,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+    )
+    kv.note_appended(query_positions)
+    return output.logits.float()

@@ -1,0 +1,150 @@
+"""The evicting path shared by generation and replay: prefill, evict, step, restart-recompute.
+
+Order of work for a token at position p (block-semantics.md): the state machine's step(p) reports the evictions
+due at p; their keys leave the physical cache BEFORE p's query attends and before p's key/value is stored.
+In restart mode an eviction also names `recompute_from`: the surviving keys/values of positions
+recompute_from .. p-1 (the memento) are dropped and recomputed without the block, together with p itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mementokit.blocks import BlockMaskingConfig, BlockStateMachine, Eviction, MarkerIds, resolve_marker_ids
+from mementokit.errors import ConfigError
+from mementokit.generate.attention import Hide, MaskPlan, forward, plan_masks
+from mementokit.generate.cache import PhysicalKVCache
+from mementokit.generate.stats import EvictionRecord
+
+
+def load_block_masking(block_masking) -> BlockMaskingConfig:
+    """A BlockMaskingConfig from a config, a dict, JSON text or a file path (None: vanilla, nothing evicted)."""
+    if block_masking is None:
+        return BlockMaskingConfig.vanilla()
+    if isinstance(block_masking, BlockMaskingConfig):
+        return block_masking
+    return BlockMaskingConfig.load(block_masking)
+
+
+def check_markers(model, tokenizer, config: BlockMaskingConfig) -> MarkerIds | None:
+    """Resolve the marker ids and check the model can embed them: ConfigError before any compute."""
+    if not config.enable:
+        return None
+    markers = resolve_marker_ids(tokenizer, config)
+    rows = model.get_input_embeddings().weight.shape[0]
+    for name, token_id in zip(("block_start", "block_end", "summary_start", "summary_end"), markers.block_markers):
+        if token_id >= rows:
+            raise ConfigError(
+                f"block marker {name} has id {token_id} but the model embeds only {rows} ids; "
+                "resize the model's token embeddings after adding the markers to the tokenizer"
+            )
+    return markers
+
+
+@dataclass
+class PrefillResult:
+    kv: PhysicalKVCache  # one row, evictions of the prompt already applied
+    logits: torch.Tensor  # [n, V]: the last position's logits, or every position's (keep_all_logits)
+    records: list[EvictionRecord]
+
+
+class EvictingRunner:
+    """A causal LM plus the block-masking rules: runs sequences through the evicting physical cache."""
+
+    def __init__(self, model, config: BlockMaskingConfig, markers: MarkerIds | None, *, mask_mode: str = "auto"):
+        if mask_mode not in ("auto", "explicit"):
+            raise ConfigError(f"mask_mode must be 'auto' or 'explicit', got {mask_mode!r}")
+        self.model = model
+        self.config = config
+        self.markers = markers
+        self.plan: MaskPlan = plan_masks(model, force_explicit=mask_mode == "explicit")
+        self.device = model.get_input_embeddings().weight.device
+
+    # ----- state machine -----
+    def new_machine(self, *, start_inside_assistant: bool = False) -> BlockStateMachine | None:
+        if self.markers is None:
+            return None
+        return BlockStateMachine(self.config, self.markers, start_inside_assistant=start_inside_assistant)
+
+    def must_close_block(self, machine: BlockStateMachine | None) -> bool:
+        return machine is not None and machine.must_close_block()
+
+    # ----- prefill -----
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int], machine: BlockStateMachine | None, *, keep_all_logits: bool = False,
+                chunk_size: int | None = None) -> PrefillResult:
+        """Prefill a prompt with the dense mask, then evict its completed blocks.
+
+        The state machine sees the whole prompt first, so every eviction in it is known: a chunk hides the keys
+        of evictions whose trigger falls inside it (queries from the trigger on), and keys leave the tensors after
+        the chunk that holds their reporting position. With restart evictions the trigger is the summary start,
+        so the memento's keys/values come out computed without the block, as a recompute would give.
+        """
+        if not token_ids:
+            raise ConfigError("a prompt needs at least one token")
+        evictions = machine.feed(token_ids) if machine is not None else []
+        length = len(token_ids)
+        chunk_size = chunk_size or length
+        kv = PhysicalKVCache()
+        pending = sorted(evictions, key=lambda e: e.at)
+        records: list[EvictionRecord] = []
+        logits_parts = []
+        for chunk_start in range(0, length, chunk_size):
+            chunk_stop = min(chunk_start + chunk_size, length)
+            # Evictions whose reporting position lies before this chunk: gone from the tensors already.
+            due = [e for e in pending if e.at < chunk_start]
+            records += self._remove(kv, 0, due)
+            pending = [e for e in pending if e.at >= chunk_start]
+            hides = [Hide(e.key_start, e.key_stop, e.trigger) for e in pending if e.trigger < chunk_stop]
+            ids = torch.tensor([token_ids[chunk_start:chunk_stop]], dtype=torch.long, device=self.device)
+            keep = chunk_stop - chunk_start if keep_all_logits else 1
+            logits = forward(self.model, kv, self.plan, ids, [list(range(chunk_start, chunk_stop))],
+                             hides=[hides], logits_to_keep=keep)
+            logits_parts.append(logits[0])
+        records += self._remove(kv, 0, pending)
+        logits = torch.cat(logits_parts, dim=0) if keep_all_logits else logits_parts[-1]
+        return PrefillResult(kv=kv, logits=logits, records=records)
+
+    # ----- eviction -----
+    def _remove(self, kv: PhysicalKVCache, row: int, evictions: list[Eviction]) -> list[EvictionRecord]:
+        records = []
+        for e in evictions:
+            removed = kv.evict(row, e.key_start, e.key_stop)
+            records.append(EvictionRecord(position=e.at, block_index=e.block_index, key_start=e.key_start,
+                                          key_stop=e.key_stop, trigger=e.trigger, removed=removed,
+                                          restart=e.restart))
+        return records
+
+    def evict(self, kv: PhysicalKVCache, row: int, evictions: list[Eviction]) -> tuple[list[EvictionRecord], int | None]:
+        """Remove the evicted keys of one row; returns the records and, in restart mode, where to recompute from."""
+        records = self._remove(kv, row, evictions)
+        recompute_from = None
+        for e in evictions:
+            if e.restart and e.recompute_from is not None:
+                recompute_from = e.recompute_from if recompute_from is None else min(recompute_from, e.recompute_from)
+        return records, recompute_from
+
+    # ----- decoding -----
+    @torch.inference_mode()
+    def step(self, kv: PhysicalKVCache, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Feed one token per row of `kv` at its logical position; returns next-token logits [B, V] (fp32)."""
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # [B, 1]
+        logits = forward(self.model, kv, self.plan, ids, [[p] for p in positions])
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def recompute_and_step(self, kv: PhysicalKVCache, token_ids: list[int], recompute_from: int, position: int,
+                           records: list[EvictionRecord]) -> torch.Tensor:
+        """Restart mode, one row: drop the surviving keys of recompute_from..position-1, recompute them without the
+        evicted block, and feed `position` in the same chunk. Returns the logits after `position` [V]."""
+        survivors = [p for p in kv.positions[0] if recompute_from <= p < position]
+        kv.evict(0, recompute_from, position)
+        chunk_positions = survivors + [position]
+        ids = torch.tensor([[token_ids[p] for p in chunk_positions]], dtype=torch.long, device=self.device)
+        logits = forward(self.model, kv, self.plan, ids, [chunk_positions])
+        if records:
+            last = records[-1]
+            records[-1] = EvictionRecord(**{**last.__dict__, "recomputed": len(survivors)})
+        return logits[0, -1]
