@@ -8,6 +8,7 @@ trace-level block tokens / memento tokens (the paper's ~6x).
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,16 +59,18 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _median(values: list[float]) -> float:
-    return float(np.median(values)) if values else math.nan
+    return float(statistics.median(values)) if values else math.nan
 
 
 def trace_measurements(
     trace: Trace,
     token_offsets: Sequence[tuple[int, int]] | None = None,
     *,
-    keep_last: int = 1,
+    keep_last: int | None = 1,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """The per-trace row and the per-pair columns of one parsed trace.
+
+    `keep_last`: the compressed-size columns keep this many blocks (None: not computed, NaN).
 
     `token_offsets` (from one tokenization of the whole response) adds token counts: a token belongs to
     the segment its first character falls in; block and memento token counts exclude their markers.
@@ -78,35 +81,36 @@ def trace_measurements(
     def tokens_in(a: int, b: int) -> int:
         return bisect_left(token_offsets, (b,)) - bisect_left(token_offsets, (a,))
 
-    pairs: dict[str, list[float]] = {name: [] for name in PAIR_COLUMNS}
+    matched = trace.pairs()
+    answers = [seg for seg in trace.segments if seg.kind is Kind.ANSWER]
+    # One vectorised word count for every span of interest: block contents, memento contents, answer.
+    starts = [b.content_start for b, _ in matched] + [s.content_start for _, s in matched] + [a.start for a in answers]
+    ends = [b.content_end for b, _ in matched] + [s.content_end for _, s in matched] + [a.end for a in answers]
+    counts = words.words_many(starts, ends).tolist()
+    n = len(matched)
+    block_chars_list = [b.content_end - b.content_start for b, _ in matched]
+    summary_chars_list = [s.content_end - s.content_start for _, s in matched]
+    block_words_list, summary_words_list = counts[:n], counts[n : 2 * n]
+    pairs: dict[str, list[float]] = {
+        "block_chars": block_chars_list,
+        "summary_chars": summary_chars_list,
+        "block_words": block_words_list,
+        "summary_words": summary_words_list,
+        "char_ratio": [_ratio(sc, bc) for sc, bc in zip(summary_chars_list, block_chars_list)],
+        "word_ratio": [_ratio(sw, bw) for sw, bw in zip(summary_words_list, block_words_list)],
+    }
     if token_offsets is not None:
-        pairs.update({name: [] for name in PAIR_TOKEN_COLUMNS})
-    for block, summary in trace.pairs():
-        bc = block.content_end - block.content_start
-        sc = summary.content_end - summary.content_start
-        bw = words.words(block.content_start, block.content_end)
-        sw = words.words(summary.content_start, summary.content_end)
-        pairs["block_chars"].append(bc)
-        pairs["summary_chars"].append(sc)
-        pairs["block_words"].append(bw)
-        pairs["summary_words"].append(sw)
-        pairs["char_ratio"].append(_ratio(sc, bc))
-        pairs["word_ratio"].append(_ratio(sw, bw))
-        if token_offsets is not None:
-            bt = tokens_in(block.content_start, block.content_end)
-            st = tokens_in(summary.content_start, summary.content_end)
-            pairs["block_tokens"].append(bt)
-            pairs["summary_tokens"].append(st)
-            pairs["token_ratio"].append(_ratio(st, bt))
+        block_tokens_list = [tokens_in(b.content_start, b.content_end) for b, _ in matched]
+        summary_tokens_list = [tokens_in(s.content_start, s.content_end) for _, s in matched]
+        pairs["block_tokens"] = block_tokens_list
+        pairs["summary_tokens"] = summary_tokens_list
+        pairs["token_ratio"] = [_ratio(st, bt) for st, bt in zip(summary_tokens_list, block_tokens_list)]
 
-    answer_chars = answer_words = 0
-    for seg in trace.segments:
-        if seg.kind is Kind.ANSWER:
-            answer_chars += seg.end - seg.start
-            answer_words += words.words(seg.start, seg.end)
+    answer_chars = sum(a.end - a.start for a in answers)
+    answer_words = sum(counts[2 * n :])
     block_chars, summary_chars = sum(pairs["block_chars"]), sum(pairs["summary_chars"])
     block_words, summary_words = sum(pairs["block_words"]), sum(pairs["summary_words"])
-    compressed = len(compress_trace(trace, keep_last))
+    compressed = len(compress_trace(trace, keep_last)) if keep_last is not None else math.nan
     row: dict[str, float] = {
         "chars": len(response),
         "blocks": sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
@@ -127,7 +131,7 @@ def trace_measurements(
     }
     if token_offsets is not None:
         block_tokens, summary_tokens = sum(pairs["block_tokens"]), sum(pairs["summary_tokens"])
-        answer_tokens = sum(tokens_in(s.start, s.end) for s in trace.segments if s.kind is Kind.ANSWER)
+        answer_tokens = sum(tokens_in(a.start, a.end) for a in answers)
         total = len(token_offsets)
         row.update(
             tokens=total,

@@ -1,0 +1,3 @@
+from mementokit.cli.main import main
+
+main()
