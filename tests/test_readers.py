@@ -692,3 +692,29 @@ def test_a_json_list_element_that_is_not_an_object(tmp_path):
 
 def test_record_type_is_importable_from_the_package():
     assert TraceRecord(problem=None, response="r").domain == "unknown"
+
+
+def test_standard_input_is_read_as_json_lines():
+    rows = make_rows("math", 2)
+    code = "from mementokit.io import iter_rows\nfor r in iter_rows('-'): print(r.origin, r.data['id'])\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], input="".join(json.dumps(r) + "\n" for r in rows),
+        capture_output=True, text=True, timeout=60,
+    ).stdout
+    assert out.splitlines() == ["<stdin>:1 math-0", "<stdin>:2 math-1"]
+
+
+def test_a_json_file_of_several_objects_reads_each_as_a_row(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('{"response": "a"}\n{"response": "b"} {"response": "c"}\n')
+    assert [(r.data["response"], r.line) for r in iter_rows(path)] == [("a", 1), ("b", 2), ("c", 2)]
+
+
+def test_forcing_a_reader(tmp_path):
+    path = tmp_path / "rows.txt"
+    write_jsonl(path, make_rows("math", 2))
+    assert ids(iter_rows(path, reader="jsonl")) == ["math-0", "math-1"]
+    with pytest.raises(ConfigError, match="unknown reader"):
+        iter_rows(path, reader="csv")
+    with pytest.raises(ConfigError, match="reads files, but"):
+        iter_rows(tmp_path, reader="parquet")
