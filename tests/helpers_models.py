@@ -80,3 +80,36 @@ def build_tiny_model(arch: str, vocab_size: int, *, attn_implementation: str = "
             if param.dim() >= 2:
                 param.normal_(0.0, 0.2)
     return model.eval()
+
+
+def memento_token_sequence(rng, markers, ordinary_ids, *, blocks: int = 4, nest_probability: float = 0.3,
+                           chat_prefix: bool = True, stray_markers: bool = False, open_tail: bool = False,
+                           block_tokens: tuple[int, int] = (1, 8), summary_tokens: tuple[int, int] = (1, 4)) -> list[int]:
+    """A random token sequence with the Memento structure: a ChatML head, then blocks (some nested), each followed
+    by its summary, ordinary tokens between them, optionally stray markers and a block left open at the end.
+
+    rng: random.Random; markers: mementokit.blocks.MarkerIds; ordinary_ids: ids to draw ordinary tokens from.
+    """
+    def ordinary(low: int, high: int) -> list[int]:
+        return [rng.choice(ordinary_ids) for _ in range(rng.randint(low, high))]
+
+    def block(depth: int) -> list[int]:
+        out = [markers.block_start] + ordinary(*block_tokens)
+        if depth < 2 and rng.random() < nest_probability:
+            out += block(depth + 1) + ordinary(0, 3)
+        out += [markers.block_end] + ordinary(0, 2)
+        out += [markers.summary_start] + ordinary(*summary_tokens) + [markers.summary_end]
+        return out
+
+    ids: list[int] = []
+    if chat_prefix and markers.im_start is not None and markers.assistant is not None:
+        ids += [markers.im_start] + ordinary(1, 3) + [markers.im_start, markers.assistant] + ordinary(1, 2)
+    ids += ordinary(0, 3)
+    strays = [markers.block_end, markers.summary_start, markers.summary_end]
+    for _ in range(blocks):
+        ids += block(0) + ordinary(0, 3)
+        if stray_markers and rng.random() < 0.3:
+            ids += [rng.choice(strays)] + ordinary(0, 2)
+    if open_tail:
+        ids += [markers.block_start] + ordinary(2, 5)
+    return ids

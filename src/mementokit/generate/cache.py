@@ -109,6 +109,11 @@ class PhysicalKVCache:
         return positions.to(device), valid.to(device)
 
     # ----- eviction -----
+    def count_in(self, row: int, start: int, stop: int) -> int:
+        """Slots of `row` whose logical position is in [start, stop)."""
+        pos = self.positions[row]
+        return bisect_left(pos, stop) - bisect_left(pos, start)
+
     def evict(self, row: int, start: int, stop: int) -> int:
         """Remove the slots of `row` whose logical position is in [start, stop); returns how many were removed."""
         pos = self.positions[row]

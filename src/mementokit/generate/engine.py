@@ -72,7 +72,7 @@ class EvictingRunner:
         return machine is not None and machine.must_close_block()
 
     # ----- prefill -----
-    @torch.inference_mode()
+    @torch.no_grad()
     def prefill(self, token_ids: list[int], machine: BlockStateMachine | None, *, keep_all_logits: bool = False,
                 chunk_size: int | None = None) -> PrefillResult:
         """Prefill a prompt with the dense mask, then evict its completed blocks.
@@ -117,34 +117,39 @@ class EvictingRunner:
                                           restart=e.restart))
         return records
 
-    def evict(self, kv: PhysicalKVCache, row: int, evictions: list[Eviction]) -> tuple[list[EvictionRecord], int | None]:
-        """Remove the evicted keys of one row; returns the records and, in restart mode, where to recompute from."""
-        records = self._remove(kv, row, evictions)
-        recompute_from = None
-        for e in evictions:
-            if e.restart and e.recompute_from is not None:
-                recompute_from = e.recompute_from if recompute_from is None else min(recompute_from, e.recompute_from)
-        return records, recompute_from
+    def evict(self, kv: PhysicalKVCache, row: int, evictions: list[Eviction]) -> tuple[list[EvictionRecord], bool]:
+        """Remove the evicted keys of one row; returns the records, and whether a restart recompute is due instead
+        (then nothing is removed yet: restart_step removes the keys after the recompute)."""
+        if any(e.restart and e.recompute_from is not None for e in evictions):
+            return [], True
+        return self._remove(kv, row, evictions), False
 
     # ----- decoding -----
-    @torch.inference_mode()
+    @torch.no_grad()
     def step(self, kv: PhysicalKVCache, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Feed one token per row of `kv` at its logical position; returns next-token logits [B, V] (fp32)."""
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # [B, 1]
         logits = forward(self.model, kv, self.plan, ids, [[p] for p in positions])
         return logits[:, -1]
 
-    @torch.inference_mode()
-    def recompute_and_step(self, kv: PhysicalKVCache, token_ids: list[int], recompute_from: int, position: int,
-                           records: list[EvictionRecord]) -> torch.Tensor:
-        """Restart mode, one row: drop the surviving keys of recompute_from..position-1, recompute them without the
-        evicted block, and feed `position` in the same chunk. Returns the logits after `position` [V]."""
-        survivors = [p for p in kv.positions[0] if recompute_from <= p < position]
+    @torch.no_grad()
+    def restart_step(self, kv: PhysicalKVCache, token_ids: list[int], evictions: list[Eviction], position: int
+                     ) -> tuple[torch.Tensor, list[EvictionRecord]]:
+        """Restart mode, one row: recompute the keys/values of recompute_from .. position-1 without the evicted
+        block, feed `position` in the same chunk, then drop the evicted keys. Returns (logits after `position`
+        [V], records).
+
+        The chunk is masked like the dense mask: each evicted span is hidden from queries at or after its trigger
+        (the summary start), and stays visible to the chunk's earlier queries, so nested blocks whose spans reach
+        into the chunk come out exactly as in one dense forward pass.
+        """
+        recompute_from = min(e.recompute_from for e in evictions if e.restart and e.recompute_from is not None)
+        chunk_positions = [p for p in kv.positions[0] if recompute_from <= p < position] + [position]
         kv.evict(0, recompute_from, position)
-        chunk_positions = survivors + [position]
         ids = torch.tensor([[token_ids[p] for p in chunk_positions]], dtype=torch.long, device=self.device)
-        logits = forward(self.model, kv, self.plan, ids, [chunk_positions])
+        hides = [Hide(e.key_start, e.key_stop, e.trigger) for e in evictions]
+        logits = forward(self.model, kv, self.plan, ids, [chunk_positions], hides=[hides])
+        records = self._remove(kv, 0, evictions)
         if records:
-            last = records[-1]
-            records[-1] = EvictionRecord(**{**last.__dict__, "recomputed": len(survivors)})
-        return logits[0, -1]
+            records[-1] = EvictionRecord(**{**records[-1].__dict__, "recomputed": len(chunk_positions) - 1})
+        return logits[0, -1], records

@@ -96,9 +96,9 @@ def replay(
     for position in range(prefill_tokens, len(ids)):
         token = ids[position]
         evictions = machine.step(token) if machine is not None else []
-        records, recompute_from = runner.evict(kv, 0, evictions) if evictions else ([], None)
-        if recompute_from is not None:
-            logits = runner.recompute_and_step(kv, ids, recompute_from, position, records)
+        records, restart = runner.evict(kv, 0, evictions) if evictions else ([], False)
+        if restart:
+            logits, records = runner.restart_step(kv, ids, evictions, position)
         else:
             logits = runner.step(kv, [token], [position])[0]
         stats.evictions.extend(records)
@@ -123,7 +123,7 @@ def _measure(stats: CacheStats, kv: PhysicalKVCache, logical: int) -> None:
     stats.record(logical, lengths[0] if lengths else 0, kv.nbytes())
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=None, markers: MarkerIds | None = None,
                            start_inside_assistant: bool = False) -> torch.Tensor:
     """ONE forward pass over the whole sequence with the contract's dense mask: logits [L, V] float32.
