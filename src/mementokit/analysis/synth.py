@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +326,7 @@ def _lognormal_int(rng: np.random.Generator, median: float, sigma: float, size: 
     return np.clip(np.rint(rng.lognormal(np.log(median), sigma, size)), low, high).astype(np.int64)
 
 
-def synthetic_row(rng: np.random.Generator, domain: str, text: _DomainText) -> dict[str, Any]:
+def _synthetic_row(rng: np.random.Generator, domain: str, text: _DomainText) -> dict[str, Any]:
     """One synthetic trace of `domain` (see the module docstring for the distributions)."""
     shape = DOMAINS[domain]
     n_blocks = int(_lognormal_int(rng, shape.median_blocks, shape.blocks_sigma, 1, MIN_BLOCKS, MAX_BLOCKS)[0])
@@ -375,7 +376,7 @@ def _rows(n: int, seed: int) -> Iterator[dict[str, Any]]:
     texts = _domain_text(seed)
     rng = np.random.default_rng([seed, 0xD0C])
     for domain in _domain_order(n):
-        yield synthetic_row(rng, domain, texts[domain])
+        yield _synthetic_row(rng, domain, texts[domain])
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -445,12 +446,7 @@ def build_sample(out_path: str | os.PathLike, fixture_path: str | os.PathLike, n
     Written atomically; returns the number of rows.
     """
     real = real_sample_row(fixture_path)
-    return _write_jsonl_atomically(out_path, _chain([real], synthetic_rows(n_synthetic, seed)), None)
-
-
-def _chain(*iterables):
-    for iterable in iterables:
-        yield from iterable
+    return _write_jsonl_atomically(out_path, chain([real], synthetic_rows(n_synthetic, seed)), None)
 
 
 def sample_license_text(upstream_license: str, n_synthetic: int = SAMPLE_N_SYNTHETIC, seed: int = SAMPLE_SEED) -> str:
