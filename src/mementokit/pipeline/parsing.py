@@ -1,0 +1,175 @@
+"""Read what LLMs actually answer: JSON inside prose or code fences, <think> preambles, markdown
+decorations (`**SCORE:** 8/10`), missing blank lines, numbers as strings, values out of range.
+
+Every parser returns what it could read keyed by NUMBER, plus what it could not, so the caller retries or
+records a failure; nothing is ever filled in with a default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+
+
+def strip_reasoning(text: str) -> str:
+    """Drop <think>...</think> preambles; an unclosed <think> keeps only what follows its last </think>."""
+    text = _THINK_BLOCK.sub("", text)
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    elif text.lstrip().lower().startswith("<think>"):
+        text = text.lstrip()[len("<think>") :]
+    return text.strip()
+
+
+def find_json(text: str) -> Any:
+    """The first JSON object or array in `text` (fenced first, then anywhere in prose); None if none."""
+    text = strip_reasoning(text)
+    decoder = json.JSONDecoder()
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    for candidate in candidates:
+        for m in re.finditer(r"[{\[]", candidate):
+            try:
+                value, _ = decoder.raw_decode(candidate, m.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, (dict, list)) and value:
+                return value
+    return None
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+)?\s*", value)
+        return float(m.group(1)) if m else None
+    if isinstance(value, dict):
+        for key in ("score", "value", "rating"):
+            if key in value:
+                return _as_number(value[key])
+    return None
+
+
+@dataclass
+class ScoreParse:
+    scores: dict[int, float] = field(default_factory=dict)  # boundary number -> score in [0, 3]
+    clamped: int = 0  # values outside 0..3 brought into range
+    problem: str = ""  # why nothing (or too little) could be read
+
+
+def parse_boundary_scores(text: str, expected: list[int], low: float = 0.0, high: float = 3.0) -> ScoreParse:
+    """Scores for the expected boundary numbers.
+
+    Accepted: {"scores": {"17": 2, ...}}, {"17": 2}, {"scores": [{"boundary": 17, "score": 2}]}, and a bare
+    list of exactly len(expected) numbers (then taken in order: the only case where position is used).
+    """
+    out = ScoreParse()
+    data = find_json(text)
+    if isinstance(data, dict) and "scores" in data:
+        data = data["scores"]
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(data, dict):
+        pairs = list(data.items())
+    elif isinstance(data, list):
+        if all(isinstance(x, dict) for x in data):
+            for x in data:
+                key = next((x[k] for k in ("boundary", "id", "n", "index") if k in x), None)
+                pairs.append((key, x))
+        elif len(data) == len(expected):
+            pairs = list(zip(expected, data))
+        else:
+            out.problem = f"a list of {len(data)} scores for {len(expected)} boundaries"
+            return out
+    else:
+        # last resort: lines such as "B17: 2" or "[[B17]] -> 2"
+        for m in re.finditer(r"B?(\d+)\]*\s*(?:[:=]|->)\s*(-?\d+(?:\.\d+)?)", strip_reasoning(text)):
+            pairs.append((m.group(1), m.group(2)))
+        if not pairs:
+            out.problem = "no JSON object with scores"
+            return out
+    wanted = set(expected)
+    for key, value in pairs:
+        m = re.search(r"\d+", str(key)) if key is not None else None
+        number = int(m.group()) if m else None
+        score = _as_number(value)
+        if number not in wanted or score is None:
+            continue
+        if not low <= score <= high:
+            out.clamped += 1
+            score = min(max(score, low), high)
+        out.scores[number] = score
+    missing = [n for n in expected if n not in out.scores]
+    if missing:
+        out.problem = f"missing scores for boundaries {missing[:8]}{'...' if len(missing) > 8 else ''}"
+    return out
+
+
+_HEADER = r"^[ \t>#*_]*{word}[ \t*_]*(\d+)[ \t*_]*[:.)\-]*[ \t*_]*"
+
+
+def parse_numbered_sections(text: str, word: str) -> dict[int, str]:
+    """Sections headed `WORD <n>:` (any case, markdown or not, blank lines or not), keyed by n.
+
+    A number that appears twice keeps its last non-empty section (models sometimes restart).
+    """
+    text = strip_reasoning(text)
+    header = re.compile(_HEADER.format(word=word), re.I | re.M)
+    matches = list(header.finditer(text))
+    sections: dict[int, str] = {}
+    for m, nxt in zip(matches, matches[1:] + [None]):
+        body = text[m.end() : nxt.start() if nxt else len(text)].strip()
+        body = re.sub(r"\n?\s*\[\[\s*##\s*completed\s*##\s*\]\]\s*$", "", body).strip()
+        if body:
+            sections[int(m.group(1))] = body
+    return sections
+
+
+_SCORE = re.compile(r"score[^0-9\n]{0,12}?(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?", re.I)
+_FEEDBACK = re.compile(r"feedback[ \t*_]*[:\-]*[ \t*_]*(.*)", re.I | re.S)
+
+
+@dataclass
+class Verdict:
+    score: float
+    feedback: str
+
+
+def parse_verdict(section: str) -> Verdict | None:
+    """`SCORE: 8/10`, `**SCORE:** 8/10`, `Score = 8`, `{"score": 8, "feedback": ...}`; None if no score."""
+    data = find_json(section) if "{" in section else None
+    if isinstance(data, dict) and _as_number(data.get("score")) is not None:
+        score = _as_number(data.get("score"))
+        feedback = str(data.get("feedback", "")).strip()
+    else:
+        m = _SCORE.search(section)
+        if not m:
+            return None
+        score = float(m.group(1))
+        if m.group(2) and float(m.group(2)) not in (0.0, 10.0):
+            score = 10.0 * score / float(m.group(2))  # "4/5" or "80/100"
+        f = _FEEDBACK.search(section[m.end() :]) or _FEEDBACK.search(section)
+        feedback = f.group(1).strip() if f else section[m.end() :].strip()
+    return Verdict(min(max(score, 0.0), 10.0), feedback)
+
+
+def parse_verdicts(text: str, expected: list[int]) -> dict[int, Verdict]:
+    """Judge answers for the expected block numbers; a single unnumbered verdict counts for one block."""
+    sections = parse_numbered_sections(text, "judge")
+    if not sections:
+        sections = parse_numbered_sections(text, "(?:memento|block|summary)")
+    if not sections and len(expected) == 1:
+        sections = {expected[0]: strip_reasoning(text)}
+    out = {}
+    for number in expected:
+        if number in sections:
+            verdict = parse_verdict(sections[number])
+            if verdict is not None:
+                out[number] = verdict
+    return out

@@ -1,0 +1,132 @@
+"""Stage 1: read raw traces, map their fields, filter, and (optionally) sample by stratum.
+
+Field mapping: problem <- problem | prompt | question (or the first human turn of OpenThoughts
+`conversations`); cot <- cot | full_cot | response | reasoning (or the first assistant / gpt turn).
+A row without a `task_id` gets one from a hash of its problem and trace, so reruns recognise it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mementokit.errors import InputError
+
+PROBLEM_FIELDS = ("problem", "prompt", "question", "input")
+COT_FIELDS = ("cot", "full_cot", "response", "reasoning", "output")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    require_complete_think: bool = True  # "<think>" ... "</think>" both present, in order
+    drop_cjk: bool = False
+    min_chars: int = 0
+    max_chars: int | None = None
+    stratify_by: tuple[str, ...] = ()  # e.g. ("domain",) or ("domain", "difficulty")
+    per_stratum: int | None = None  # with stratify_by: sample this many rows per stratum (reservoir, seeded)
+    seed: int = 0
+
+
+def _turns(row: dict[str, Any]) -> tuple[str | None, str | None]:
+    convo = row.get("conversations") or row.get("messages")
+    if not isinstance(convo, list):
+        return None, None
+    problem = cot = None
+    for turn in convo:
+        if not isinstance(turn, dict):
+            continue
+        who = str(turn.get("from") or turn.get("role") or "").lower()
+        text = turn.get("value") if "value" in turn else turn.get("content")
+        if not isinstance(text, str):
+            continue
+        if problem is None and who in ("human", "user"):
+            problem = text
+        elif cot is None and who in ("gpt", "assistant", "model"):
+            cot = text
+    return problem, cot
+
+
+def normalize_row(row: dict[str, Any], where: str | None = None, line: int | None = None) -> dict[str, Any]:
+    """A row with `task_id`, `problem`, `cot`, `domain`, `source` (and the other fields kept)."""
+    problem = next((row[f] for f in PROBLEM_FIELDS if isinstance(row.get(f), str)), None)
+    cot = next((row[f] for f in COT_FIELDS if isinstance(row.get(f), str)), None)
+    if problem is None or cot is None:
+        p2, c2 = _turns(row)
+        problem = problem if problem is not None else p2
+        cot = cot if cot is not None else c2
+    if cot is None:
+        raise InputError(f"no trace field (tried {', '.join(COT_FIELDS)}, conversations)", path=where, line=line, field="cot")
+    problem = problem or ""
+    out = dict(row)
+    out["problem"], out["cot"] = problem, cot
+    task_id = row.get("task_id", row.get("id"))
+    if task_id is None:
+        task_id = "sha-" + hashlib.sha256((problem + "\x00" + cot).encode("utf-8")).hexdigest()[:16]
+    out["task_id"] = str(task_id)
+    out.setdefault("domain", "")
+    out.setdefault("source", "")
+    return out
+
+
+def rejection_reason(row: dict[str, Any], config: SelectConfig) -> str | None:
+    """Why a normalised row is filtered out, or None when it is kept."""
+    cot = row["cot"]
+    if config.require_complete_think:
+        start = cot.find("<think>")
+        if start < 0 or cot.find("</think>", start) < 0:
+            return "incomplete_think"
+    if config.drop_cjk and (_CJK.search(cot) or _CJK.search(row.get("problem", ""))):
+        return "cjk"
+    if len(cot) < config.min_chars:
+        return "too_short"
+    if config.max_chars is not None and len(cot) > config.max_chars:
+        return "too_long"
+    return None
+
+
+def select_rows(rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    """Normalised rows that pass the filters; with per_stratum, a seeded sample of each stratum.
+
+    Without sampling this streams; with it, it holds `per_stratum` rows per stratum (reservoir sampling).
+    """
+    rejected = rejected if rejected is not None else {}
+
+    def kept() -> Iterator[dict[str, Any]]:
+        for row in rows:
+            reason = rejection_reason(row, config)
+            if reason:
+                rejected[reason] = rejected.get(reason, 0) + 1
+                continue
+            yield row
+
+    if not config.per_stratum:
+        yield from kept()
+        return
+    rng = random.Random(config.seed)
+    reservoirs: dict[tuple, list[dict[str, Any]]] = {}
+    seen: dict[tuple, int] = {}
+    for row in kept():
+        key = tuple(str(row.get(f, "")) for f in config.stratify_by)
+        seen[key] = seen.get(key, 0) + 1
+        box = reservoirs.setdefault(key, [])
+        if len(box) < config.per_stratum:
+            box.append(row)
+        else:
+            j = rng.randrange(seen[key])
+            if j < config.per_stratum:
+                box[j] = row
+    for key in sorted(reservoirs):
+        yield from reservoirs[key]
+
+
+def read_traces(source: str, *, config: str = "default", split: str = "train", fields: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """Normalised rows from a JSONL / Parquet file, folder or hub id (mementokit.io.readers.iter_rows)."""
+    from mementokit.io.readers import iter_rows
+
+    for row in iter_rows(source, config=config, split=split):
+        yield normalize_row(row.data, where=row.path, line=row.line)
