@@ -45,7 +45,8 @@ class Script:
     style: str = "plain"  # "plain" or "messy" (think preambles, fences, markdown, shuffled order)
     latency_s: float = 0.0
     faults: list[Fault] = field(default_factory=list)
-    pass_ratio: float = 0.2  # a memento at least this long (chars, relative to its block) scores 9, else 6
+    pass_ratio: float = 0.2  # a memento this long (chars, relative to its block) or longer scores 9
+    refine_factor: float = 3.0  # a refined memento is this many times longer than a first one
     # observations
     roles: Counter = field(default_factory=Counter)
     prompt_tokens: int = 0
@@ -105,11 +106,11 @@ def _blocks(user: str) -> list[tuple[int, int, str, str | None]]:
     return out
 
 
-def answer_mementos(user: str, fault: Fault | None) -> list[tuple[int, str]]:
+def answer_mementos(user: str, fault: Fault | None, refine_factor: float = 3.0) -> list[tuple[int, str]]:
     out = []
     for number, target, text, previous in _blocks(user):
         flat = " ".join(text.split())
-        size = 4 * target * (3 if previous is not None else 1)  # a refined memento keeps more of the block
+        size = int(4 * target * (refine_factor if previous is not None else 1))  # a refined one keeps more
         out.append((number, flat[:size]))
     if fault and fault.kind == "wrong_count" and len(out) > 1:
         out = out[:-1]
@@ -121,8 +122,9 @@ def answer_verdicts(user: str, pass_ratio: float) -> list[tuple[int, float, str]
     pattern = re.compile(r"=== BLOCK (\d+) ===\n(.*?)\n=== MEMENTO \1 ===\n(.*?)(?=\n\n=== BLOCK |\Z)", re.S)
     for m in pattern.finditer(user):
         block, memento = m.group(2), m.group(3)
-        good = len(memento) >= pass_ratio * len(" ".join(block.split()))
-        out.append((int(m.group(1)), 9.0 if good else 6.0, "none" if good else "Missing formulas and values from the middle of the block."))
+        ratio = len(memento) / max(1, len(" ".join(block.split())))
+        score = float(min(9, int(9 * ratio / pass_ratio)))  # graded: 9 at pass_ratio, less when shorter
+        out.append((int(m.group(1)), score, "none" if score >= 8 else "Missing formulas and values from the middle of the block."))
     return out
 
 
@@ -136,7 +138,7 @@ def render(role: str, user: str, script: Script, fault: Fault | None) -> str:
             return "<think>\nScoring each boundary.\n</think>\nHere are the scores:\n```json\n" + json.dumps({"scores": scores}, indent=1) + "\n```\nHope this helps."
         return json.dumps({"scores": scores})
     if role == "compress":
-        items = answer_mementos(user, fault)
+        items = answer_mementos(user, fault, script.refine_factor)
         if messy:  # markdown headers, no blank lines, reversed order
             return "<think>ok</think>" + "\n".join(f"**Memento {n}:** {text}" for n, text in reversed(items))
         return "\n\n".join(f"MEMENTO {n}:\n{text}" for n, text in items)

@@ -174,6 +174,14 @@ def _rewrite_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def _compact_failures(results_path: Path, failures_path: Path) -> set[str]:
+    """Drop failure records of traces that have since succeeded; returns the finished task ids."""
+    finished = {r["task_id"] for r in read_jsonl(results_path) if "task_id" in r}
+    if failures_path.exists():
+        _rewrite_atomically(failures_path, [f for f in read_jsonl(failures_path) if f.get("task_id") not in finished])
+    return finished
+
+
 def shard_of(task_id: str, num_shards: int) -> int:
     return int(hashlib.sha1(task_id.encode("utf-8")).hexdigest()[:12], 16) % num_shards
 
@@ -233,9 +241,7 @@ async def run_pipeline_async(
     results_path, failures_path = out / RESULTS, out / FAILURES
     for path in (results_path, failures_path):
         _repair_tail(path)
-    finished = {r["task_id"] for r in read_jsonl(results_path) if "task_id" in r}
-    old_failures = [f for f in read_jsonl(failures_path) if f.get("task_id") not in finished]
-    _rewrite_atomically(failures_path, old_failures)
+    finished = _compact_failures(results_path, failures_path)
     results_log, failures_log = AppendLog(results_path), AppendLog(failures_path)
     own_client = client is None
     client = client or LLMClient(cfg.llm)
@@ -283,6 +289,7 @@ async def run_pipeline_async(
         failures_log.close()
         if own_client:
             await client.aclose()
+    _compact_failures(results_path, failures_path)
     report = build_report(out, cfg)
     report["this_run"] = {
         "done": state.done,
@@ -330,13 +337,14 @@ def build_report(out_dir: str | os.PathLike[str], cfg: PipelineConfig | None = N
             final_pass += max(history) >= pass_score
             ratios.append(mt / max(1, bt))
         usage.add(Usage.from_dict(r.get("usage", {})))
-    failures_by_stage: dict[str, int] = {}
-    failed_ids = set()
+    latest_stage: dict[str, str] = {}  # the last recorded failure of each trace that is still unfinished
     for f in read_jsonl(out / FAILURES):
-        if f["task_id"] in finished or f["task_id"] in failed_ids:
-            continue
-        failed_ids.add(f["task_id"])
-        failures_by_stage[f.get("stage", "?")] = failures_by_stage.get(f.get("stage", "?"), 0) + 1
+        if f.get("task_id") not in finished:
+            latest_stage[f["task_id"]] = f.get("stage", "?")
+    failed_ids = set(latest_stage)
+    failures_by_stage: dict[str, int] = {}
+    for stage in latest_stage.values():
+        failures_by_stage[stage] = failures_by_stage.get(stage, 0) + 1
     total = usage.to_dict()
     report = {
         "traces": traces,
