@@ -79,10 +79,12 @@ def answer_scores(user: str, fault: Fault | None) -> dict[str, float]:
         after = user[m.end() :].lstrip()
         if before.endswith((":", "=")):
             s = 0
-        elif re.match(r"(Alternatively|Wait|Now|Let me (check|verify)|Another|Hmm|But)", after):
-            s = 3
+        elif re.match(r"(Alternatively|Let me (check|verify)|Another (approach|way|idea))", after):
+            s = 3  # a new approach or a verification phase
+        elif re.match(r"(Wait|Now|Hmm|But)\b", after):
+            s = 2
         else:
-            s = _digest("score", n) % 3
+            s = _digest("score", n) % 2
         out[str(n)] = s
     if fault and fault.kind == "wrong_count" and len(out) > 1:
         out.pop(next(iter(out)))
