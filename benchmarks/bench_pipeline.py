@@ -35,7 +35,7 @@ from helpers_llm_server import Script, running_server  # noqa: E402
 from mementokit.pipeline.client import LLMConfig  # noqa: E402
 from mementokit.pipeline.runner import PipelineConfig, read_jsonl, run_pipeline  # noqa: E402
 from mementokit.pipeline.score import ScoreConfig  # noqa: E402
-from mementokit.pipeline.segment import segment, segmentation_objective  # noqa: E402
+from mementokit.pipeline.segment import optimal_segmentation, segmentation_objective  # noqa: E402
 from mementokit.pipeline.select import read_traces  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "data" / "raw_cot_openthoughts3.jsonl"
@@ -159,7 +159,7 @@ def bench_segmentation(sizes) -> None:
         times = []
         for _ in range(3 if n <= 1000 else 1):
             t0 = time.perf_counter()
-            result = segment(scores, tokens)
+            result = optimal_segmentation(scores, tokens)
             times.append(time.perf_counter() - t0)
         print(f"   n={n:5d} sentences ({sum(tokens):,} tokens): {min(times) * 1000:8.1f} ms, {len(result.blocks)} blocks, "
               f"objective {result.objective:.4f}, {result.solves} DP passes")
@@ -169,7 +169,7 @@ def bench_segmentation(sizes) -> None:
         ref_cuts = reference_dp(scores, tokens)
         t_ref = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ours = segment(scores, tokens)
+        ours = optimal_segmentation(scores, tokens)
         t_ours = time.perf_counter() - t0
         ref_obj = segmentation_objective(ref_cuts, scores, tokens, 0.5)
         print(f"   baseline (reference DP, max 20 blocks, prefix sums) at n={n}: {t_ref * 1000:.0f} ms, objective {ref_obj:.4f}; "

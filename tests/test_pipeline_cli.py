@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from helpers_llm_server import Script, running_server
 from mementokit.cli.main import app
-from mementokit.pipeline.segment import segment
+from mementokit.pipeline.segment import optimal_segmentation
 
 FIXTURE = Path(__file__).parent / "data" / "raw_cot_openthoughts3.jsonl"
 runner = CliRunner()
@@ -59,7 +59,7 @@ def test_segment_adds_inclusive_blocks_at_the_optimum_with_a_local_tokenizer(tmp
     blocks = json.loads(out.read_text())["blocks"]
     tok = Tokenizer.from_file(str(tok_path))
     counts = [len(tok.encode(s, add_special_tokens=False).ids) for s in row["sentences"]]
-    expected = segment(row["boundary_scores"], counts, min_block_tokens=300, variance_penalty=0.5)
+    expected = optimal_segmentation(row["boundary_scores"], counts, min_block_tokens=300, variance_penalty=0.5)
     assert blocks == [list(b) for b in expected.blocks]
     assert blocks[0][0] == 0 and blocks[-1][1] == len(row["sentences"]) - 1
     assert all(sum(counts[a : b + 1]) >= 300 for a, b in blocks)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import mementokit.pipeline.segment as seg_module
 from mementokit.errors import InputError
-from mementokit.pipeline.segment import segment, segment_brute_force, segmentation_objective
+from mementokit.pipeline.segment import optimal_segmentation, segment_brute_force, segmentation_objective
 
 
 @st.composite
@@ -33,13 +33,13 @@ def test_segmentation_equals_brute_force_on_small_cases(problem):
     kwargs = dict(min_block_tokens=min_tokens, max_block_tokens=max_tokens, variance_penalty=lam)
     best = segment_brute_force(scores, tokens, **kwargs)
     if sum(tokens) < min_tokens or len(tokens) == 1:
-        assert segment(scores, tokens, **kwargs).blocks == [(0, len(tokens) - 1)]
+        assert optimal_segmentation(scores, tokens, **kwargs).blocks == [(0, len(tokens) - 1)]
         return
     if best is None:
         with pytest.raises(InputError):
-            segment(scores, tokens, **kwargs)
+            optimal_segmentation(scores, tokens, **kwargs)
         return
-    found = segment(scores, tokens, **kwargs)
+    found = optimal_segmentation(scores, tokens, **kwargs)
     assert found.objective == pytest.approx(best.objective, abs=1e-9)
     assert segmentation_objective(found.cuts, scores, tokens, lam) == pytest.approx(found.objective, abs=1e-12)
     sizes = found.block_tokens
@@ -56,7 +56,7 @@ def test_fast_monotone_rows_agree_with_the_exhaustive_layer_on_medium_traces(mon
         n = int(rng.integers(60, 260))
         tokens = np.maximum(0, rng.lognormal(3, 1.1, n)).astype(int).tolist()
         scores = rng.choice([0, 0, 1, 2, 3], size=(2, n - 1)).mean(0).tolist() if trial % 2 else rng.random(n - 1).tolist()
-        fast = segment(scores, tokens, min_block_tokens=150, variance_penalty=0.5)
+        fast = optimal_segmentation(scores, tokens, min_block_tokens=150, variance_penalty=0.5)
         original_init = seg_module._Solver.__init__
 
         def exhaustive(self, *args):  # a max constraint of "anything" forces the exhaustive path
@@ -64,7 +64,7 @@ def test_fast_monotone_rows_agree_with_the_exhaustive_layer_on_medium_traces(mon
             self.has_max = True
 
         monkeypatch.setattr(seg_module._Solver, "__init__", exhaustive)
-        slow = segment(scores, tokens, min_block_tokens=150, variance_penalty=0.5)
+        slow = optimal_segmentation(scores, tokens, min_block_tokens=150, variance_penalty=0.5)
         monkeypatch.setattr(seg_module._Solver, "__init__", original_init)
         assert fast.objective == pytest.approx(slow.objective, abs=1e-9)
 
@@ -80,19 +80,19 @@ def test_every_block_respects_the_minimum_size():
     rng = np.random.default_rng(3)
     tokens = rng.integers(5, 60, 400).tolist()
     scores = rng.choice([0, 1, 2, 3], 399).astype(float).tolist()
-    result = segment(scores, tokens, min_block_tokens=200)
+    result = optimal_segmentation(scores, tokens, min_block_tokens=200)
     assert min(result.block_tokens) >= 200 and len(result.blocks) > 1
 
 
 def test_a_trace_shorter_than_the_minimum_is_one_block():
-    assert segment([3.0], [10, 10], min_block_tokens=200).blocks == [(0, 1)]
+    assert optimal_segmentation([3.0], [10, 10], min_block_tokens=200).blocks == [(0, 1)]
 
 
 def test_an_impossible_maximum_is_an_input_error():
     with pytest.raises(InputError):
-        segment([1.0, 1.0], [150, 150, 150], min_block_tokens=200, max_block_tokens=250)
+        optimal_segmentation([1.0, 1.0], [150, 150, 150], min_block_tokens=200, max_block_tokens=250)
 
 
 def test_wrong_number_of_scores_is_an_input_error():
     with pytest.raises(InputError, match="boundary scores"):
-        segment([1.0], [10, 10, 10])
+        optimal_segmentation([1.0], [10, 10, 10])

@@ -302,7 +302,7 @@ def segment_command(
     population one; K = 1 scores 0.
     Example: memento pipeline segment scored.jsonl --out segmented.jsonl --tokenizer ./qwen3-tokenizer --min-block-tokens 200
     """
-    from mementokit.pipeline.segment import segment
+    from mementokit.pipeline.segment import optimal_segmentation
     from mementokit.pipeline.tokens import load_token_counter
 
     count_tokens, _ = load_token_counter(tokenizer)
@@ -315,7 +315,7 @@ def segment_command(
             if len(scores) != max(0, len(sentences) - 1):
                 raise InputError(f"{len(scores)} scores for {len(sentences)} sentences (need {len(sentences) - 1})", path=input, line=line, field="boundary_scores")
             try:
-                seg = segment(scores, [count_tokens(s) for s in sentences], min_block_tokens=min_block_tokens,
+                seg = optimal_segmentation(scores, [count_tokens(s) for s in sentences], min_block_tokens=min_block_tokens,
                               max_block_tokens=max_block_tokens, variance_penalty=variance_penalty)
             except InputError as exc:
                 raise InputError(exc.reason, path=input, line=line, field=exc.field) from None

@@ -10,7 +10,7 @@ from mementokit.pipeline.cache import ResponseCache, request_key
 from mementokit.pipeline.client import LLMClient, LLMConfig, LLMError
 from mementokit.pipeline.runner import PipelineConfig, build_report, estimate_run, process_trace, run_pipeline, run_pipeline_async
 from mementokit.pipeline.score import ScoreConfig, ScoreResult, StageFailure, score_boundaries
-from mementokit.pipeline.segment import Segmentation, segment, segment_brute_force, segmentation_objective
+from mementokit.pipeline.segment import Segmentation, optimal_segmentation, segment_brute_force, segmentation_objective
 from mementokit.pipeline.select import SelectConfig, normalize_row, read_traces, select_rows
 from mementokit.pipeline.split import SplitResult, estimate_tokens, naive_boundary_count, split_trace
 from mementokit.pipeline.summarize import BlockSummary, SummarizeConfig, Summarizer
@@ -22,6 +22,6 @@ __all__ = [
     "Segmentation", "SelectConfig", "SplitResult", "StageFailure", "SummarizeConfig", "Summarizer", "Usage",
     "assemble_response", "block_texts", "build_report", "check_round_trip", "estimate_run", "estimate_tokens",
     "load_token_counter", "naive_boundary_count", "normalize_row", "openmementos_row", "process_trace", "read_traces",
-    "request_key", "run_pipeline", "run_pipeline_async", "score_boundaries", "segment", "segment_brute_force",
+    "request_key", "run_pipeline", "run_pipeline_async", "score_boundaries", "optimal_segmentation", "segment_brute_force",
     "segmentation_objective", "select_rows", "split_trace",
 ]

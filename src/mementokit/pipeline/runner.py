@@ -31,7 +31,7 @@ from typing import Any
 from mementokit.pipeline.assemble import assemble_response, block_texts
 from mementokit.pipeline.client import LLMClient, LLMConfig
 from mementokit.pipeline.score import ScoreConfig, StageFailure, score_boundaries, score_messages, score_call_plan
-from mementokit.pipeline.segment import segment
+from mementokit.pipeline.segment import optimal_segmentation
 from mementokit.pipeline.select import SelectConfig, normalize_row, rejection_reason
 from mementokit.pipeline.split import estimate_tokens, split_trace
 from mementokit.pipeline.summarize import Summarizer, SummarizeConfig, batches
@@ -73,7 +73,7 @@ async def process_trace(row: dict[str, Any], client: LLMClient, cfg: PipelineCon
     token_counts = [count_tokens(s) for s in split.sentences]
     try:
         seg = await asyncio.to_thread(
-            segment, scored.scores, token_counts,
+            optimal_segmentation, scored.scores, token_counts,
             min_block_tokens=cfg.min_block_tokens, max_block_tokens=cfg.max_block_tokens, variance_penalty=cfg.variance_penalty,
         )
     except Exception as exc:  # an infeasible max size, for instance

@@ -303,7 +303,7 @@ def _apex(iv: _Interval) -> tuple[float, float]:
     return lo.b + iv.a_lo * (q - lo.q), q
 
 
-def segment(
+def optimal_segmentation(
     boundary_scores: Sequence[float],
     token_counts: Sequence[int],
     *,
