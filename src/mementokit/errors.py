@@ -17,6 +17,11 @@ class InputError(MementoError):
         self.field = field
         super().__init__(self.describe())
 
+    def __reduce__(self):
+        # Picklable (errors raised in worker processes travel back to the parent), subclasses included.
+        state = dict(self.__dict__)
+        return (_rebuild, (type(self), state))
+
     def describe(self) -> str:
         where = []
         if self.path is not None:
@@ -35,3 +40,10 @@ class ConfigError(MementoError):
 
 class TraceFormatError(MementoError):
     """A response that breaks the Memento format in strict mode."""
+
+
+def _rebuild(cls, state):
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error.describe())
+    return error

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -167,21 +167,42 @@ def analyze_traces(
         from mementokit.analysis.tokens import load_tokenizer
 
         load_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
+
+    def take(part: ChunkResult) -> None:
+        done = columns.add(part)
+        if progress is not None:
+            progress(done)
+
     if workers <= 1:
         _init_worker(*init_args)
-        results: Iterable[ChunkResult] = map(_work, _chunks(traces, chunk_size))
-        pool = None
-    else:
-        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args)
-        results = pool.imap(_work, _chunks(traces, chunk_size))
-    try:
-        for part in results:
-            done = columns.add(part)
+        for chunk in _chunks(traces, chunk_size):
+            take(_work(chunk))
+        return _report(columns, tokenizer)
+    # Read in this thread (so reading errors surface here, where they happen), parse in the workers, keep
+    # a bounded number of chunks in flight so memory stays flat, and take results back in input order.
+    in_flight: deque = deque()
+    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        for chunk in _chunks(traces, chunk_size):
+            in_flight.append(pool.apply_async(_work, (chunk,)))
+            while len(in_flight) > 2 * workers or (in_flight and in_flight[0].ready()):
+                take(in_flight.popleft().get())
+        while in_flight:
+            take(in_flight.popleft().get())
+    return _report(columns, tokenizer)
+    # Read in this thread (so reading errors surface here, where they happen), parse in the workers, keep
+    # a bounded number of chunks in flight so memory stays flat, and take results back in input order.
+    in_flight: deque = deque()
+    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        for chunk in _chunks(traces, chunk_size):
+            in_flight.append(pool.apply_async(_work, (chunk,)))
+            while len(in_flight) > 2 * workers or (in_flight and in_flight[0].ready()):
+                done = columns.add(in_flight.popleft().get())
+                if progress is not None:
+                    progress(done)
+        while in_flight:
+            done = columns.add(in_flight.popleft().get())
             if progress is not None:
                 progress(done)
-    finally:
-        if pool is not None:
-            pool.terminate()
     return _report(columns, tokenizer)
 
 

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from mementokit.errors import InputError, MementoError
 
-stdout = Console(soft_wrap=True)
+# Piped output is not cut to 80 columns: files and pagers can hold the whole table.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
 
 DATASET_NAME = "microsoft/OpenMementos"
@@ -27,18 +29,10 @@ def sample_path() -> Path:
 
 
 def parse_field_map(pairs: list[str] | None):
-    """`--field response=cot` style overrides into a FieldMap."""
+    """`--field response=cot` style overrides into a FieldMap (None: the defaults)."""
     from mementokit.io import FieldMap
 
-    if not pairs:
-        return None
-    overrides: dict[str, tuple[str, ...]] = {}
-    for pair in pairs:
-        ours, sep, theirs = pair.partition("=")
-        if not sep or not ours or not theirs:
-            raise InputError(f"--field takes OURS=THEIRS (e.g. response=cot), got '{pair}'")
-        overrides[ours.strip()] = (theirs.strip(),)
-    return FieldMap.with_overrides(**overrides) if hasattr(FieldMap, "with_overrides") else FieldMap(**overrides)
+    return FieldMap().with_overrides(pairs) if pairs else None
 
 
 # Options shared by every command that reads traces.
@@ -50,7 +44,7 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip bad rows (cou
 
 
 def open_records(source: str, *, config: str = "default", split: str = "train", limit: int | None = None,
-                 shuffle_seed: int | None = None, shuffle_buffer: int = 10_000, stratify: bool = False,
+                 shuffle_seed: int | None = None, shuffle_buffer: int = 1_000, stratify: bool = False,
                  fields: list[str] | None = None, skip_bad: bool = False, stats=None):
     from mementokit.io import iter_traces
 
@@ -84,13 +78,14 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def summary_table(summary: dict) -> Table:
+    """Medians per domain, narrow enough for an 80-column terminal (the HTML report has everything)."""
     has_tokens = bool(summary.get("tokenizer"))
-    table = Table(title="Memento compression by domain (medians; ratios are memento / block)", title_justify="left")
-    columns = ["domain", "traces", "invalid", "blocks", "block chars", "memento chars", "block words", "memento words", "char ratio", "word ratio"]
+    table = Table(title="Medians by domain; ratio = memento / block", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    columns = ["domain", "traces", "invalid", "blocks", "block\nchars", "memento\nchars", "char\nratio", "word\nratio"]
     if has_tokens:
-        columns += ["block tok", "memento tok", "token ratio", "trace compression"]
+        columns += ["block\ntokens", "memento\ntokens", "token\nratio", "trace\ncompr."]
     for col in columns:
-        table.add_column(col, justify="left" if col == "domain" else "right")
+        table.add_column(col, justify="left" if col == "domain" else "right", no_wrap=True)
     groups = list(summary["by_domain"].items()) + [("overall", summary["overall"])]
     for i, (name, group) in enumerate(groups):
         pt, pb = group["per_trace"], group["per_block"]
@@ -98,11 +93,9 @@ def summary_table(summary: dict) -> Table:
             name,
             f"{group['traces']:,}",
             f"{group['invalid']:,}",
-            _fmt(pt["blocks"]["median"]),
+            _fmt(pt["blocks"]["median"], 1),
             _fmt(pb["block_chars"]["median"]),
             _fmt(pb["summary_chars"]["median"]),
-            _fmt(pb["block_words"]["median"]),
-            _fmt(pb["summary_words"]["median"]),
             _fmt(pb["char_ratio"]["median"]),
             _fmt(pb["word_ratio"]["median"]),
         ]
@@ -122,7 +115,7 @@ def register(app: typer.Typer) -> None:
         split: SplitOpt = "train",
         limit: Annotated[Optional[int], typer.Option("--limit", help="Analyse at most N traces.")] = None,
         shuffle_seed: Annotated[Optional[int], typer.Option("--shuffle-seed", help="Fair sample: shuffle shards and rows with this seed.")] = None,
-        shuffle_buffer: Annotated[int, typer.Option("--shuffle-buffer", help="Rows held for shuffling.")] = 10_000,
+        shuffle_buffer: Annotated[int, typer.Option("--shuffle-buffer", help="Rows held for shuffling.")] = 1_000,
         stratify: Annotated[bool, typer.Option("--stratify", help="Fair sample: interleave domains.")] = False,
         fields: FieldOpt = None,
         tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Hugging Face tokenizer (name, folder or tokenizer.json) for token counts.")] = None,
@@ -162,8 +155,8 @@ def register(app: typer.Typer) -> None:
         inputs = (TraceInput(r.response, r.domain, r.origin, r.index, r.source) for r in records)
         with _progress(limit, "analysing") as advance:
             report = analyze_traces(inputs, tokenizer=tokenizer, keep_last=keep_last, strict=strict, workers=workers, progress=advance)
-        report.skipped = read_stats.skipped
-        report.skipped_reasons = dict(read_stats.skipped_by_reason) if hasattr(read_stats, "skipped_by_reason") else {}
+        report.skipped = read_stats.rows_skipped
+        report.skipped_reasons = dict(read_stats.skipped_by_kind)
         if len(report.traces) == 0:
             raise InputError("no traces to analyse", path=source)
         summary = report.summary()
@@ -192,7 +185,9 @@ def register(app: typer.Typer) -> None:
             return
         stdout.print(summary_table(summary))
         if report.skipped:
-            stderr.print(f"[yellow]skipped {report.skipped} bad row(s)[/]: {summary['skipped_reasons']}")
+            stderr.print(f"[yellow]{read_stats.summary()}[/]", highlight=False)
+            for example in read_stats.examples:
+                stderr.print(f"  {example}", highlight=False)
         invalid = summary["overall"]["invalid_by_problem"]
         if invalid:
             stdout.print("Traces with format problems: " + ", ".join(f"{k} {v}" for k, v in invalid.items()))
@@ -273,14 +268,8 @@ def register(app: typer.Typer) -> None:
         from mementokit.analysis.synth import write_synthetic_jsonl
 
         with _progress(n, "generating") as advance:
-            written = write_synthetic_jsonl(out, n, seed=seed, progress=advance) if _accepts_progress(write_synthetic_jsonl) else write_synthetic_jsonl(out, n, seed=seed)
+            written = write_synthetic_jsonl(out, n, seed=seed, progress=advance)
         stderr.print(f"wrote {written:,} synthetic traces to {out}")
-
-
-def _accepts_progress(function) -> bool:
-    import inspect
-
-    return "progress" in inspect.signature(function).parameters
 
 
 class _progress:

@@ -23,6 +23,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Toolkit for Memento-style reasoning. Start with `memento analyze` (runs on a shipped sample)."""
+
+
 # Modules that add commands. A module that is not there yet (work in progress) is skipped.
 COMMAND_MODULES = [
     "mementokit.cli.analysis",
