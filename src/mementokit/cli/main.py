@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "mementokit.cli.kv",
     "mementokit.cli.generation",
     "mementokit.cli.pipeline",
+    "mementokit.cli.sft",
 ]
 
 for _name in COMMAND_MODULES:
