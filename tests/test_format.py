@@ -260,3 +260,20 @@ def test_fixture_compression_matches_the_block_arithmetic():
     dropped_chars = sum(s["char_len"] + len(BS) + len(BE) for s in blocks[:-1])
     assert len(compress_trace(trace, 1)) == len(trace.response) - dropped_chars
     assert len(compress_trace(trace, 1, keep_delimiters=True)) == len(trace.response) - dropped_chars + 4 * (len(BS) + len(BE))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(pieces, max_size=30), st.booleans())
+def test_fast_path_for_valid_responses_equals_the_general_parser(parts, make_valid):
+    if make_valid:  # half the examples are well formed, so the fast path really runs
+        texts = [p for p in parts if not any(m in p for m in M.all)] or ["x"]
+        text = build_response(texts, texts[::-1], "".join(texts), separator=texts[0])
+    else:
+        text = "".join(parts)
+    fast, general = parse_response(text), parse_response(text, _general=True)
+    assert fast.segments == general.segments
+    assert fast.issues == general.issues
+    assert fast.pair_spans() == general.pair_spans()
+    assert fast.answer_spans() == general.answer_spans()
+    # And a fresh fast parse answers pair_spans without building segments, with the same result.
+    assert parse_response(text).pair_spans() == general.pair_spans()

@@ -81,15 +81,15 @@ def trace_measurements(
     def tokens_in(a: int, b: int) -> int:
         return bisect_left(token_offsets, (b,)) - bisect_left(token_offsets, (a,))
 
-    matched = trace.pairs()
-    answers = [seg for seg in trace.segments if seg.kind is Kind.ANSWER]
-    # One vectorised word count for every span of interest: block contents, memento contents, answer.
-    starts = [b.content_start for b, _ in matched] + [s.content_start for _, s in matched] + [a.start for a in answers]
-    ends = [b.content_end for b, _ in matched] + [s.content_end for _, s in matched] + [a.end for a in answers]
-    counts = words.words_many(starts, ends).tolist()
-    n = len(matched)
-    block_chars_list = [b.content_end - b.content_start for b, _ in matched]
-    summary_chars_list = [s.content_end - s.content_start for _, s in matched]
+    spans = trace.pair_spans()  # (block start, end, memento start, end) of each pair's contents
+    answers = trace.answer_spans()
+    counts = words.words_many(
+        [b for b, _, _, _ in spans] + [m for _, _, m, _ in spans] + [a for a, _ in answers],
+        [e for _, e, _, _ in spans] + [f for _, _, _, f in spans] + [e for _, e in answers],
+    )
+    n = len(spans)
+    block_chars_list = [e - b for b, e, _, _ in spans]
+    summary_chars_list = [f - m for _, _, m, f in spans]
     block_words_list, summary_words_list = counts[:n], counts[n : 2 * n]
     pairs: dict[str, list[float]] = {
         "block_chars": block_chars_list,
@@ -100,20 +100,20 @@ def trace_measurements(
         "word_ratio": [_ratio(sw, bw) for sw, bw in zip(summary_words_list, block_words_list)],
     }
     if token_offsets is not None:
-        block_tokens_list = [tokens_in(b.content_start, b.content_end) for b, _ in matched]
-        summary_tokens_list = [tokens_in(s.content_start, s.content_end) for _, s in matched]
+        block_tokens_list = [tokens_in(b, e) for b, e, _, _ in spans]
+        summary_tokens_list = [tokens_in(m, f) for _, _, m, f in spans]
         pairs["block_tokens"] = block_tokens_list
         pairs["summary_tokens"] = summary_tokens_list
         pairs["token_ratio"] = [_ratio(st, bt) for st, bt in zip(summary_tokens_list, block_tokens_list)]
 
-    answer_chars = sum(a.end - a.start for a in answers)
+    answer_chars = sum(e - a for a, e in answers)
     answer_words = sum(counts[2 * n :])
     block_chars, summary_chars = sum(pairs["block_chars"]), sum(pairs["summary_chars"])
     block_words, summary_words = sum(pairs["block_words"]), sum(pairs["summary_words"])
     compressed = len(compress_trace(trace, keep_last)) if keep_last is not None else math.nan
     row: dict[str, float] = {
         "chars": len(response),
-        "blocks": sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
+        "blocks": n if trace.is_valid else sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
         "mementos": len(pairs["block_chars"]),
         "block_chars": block_chars,
         "summary_chars": summary_chars,
@@ -131,7 +131,7 @@ def trace_measurements(
     }
     if token_offsets is not None:
         block_tokens, summary_tokens = sum(pairs["block_tokens"]), sum(pairs["summary_tokens"])
-        answer_tokens = sum(tokens_in(a.start, a.end) for a in answers)
+        answer_tokens = sum(tokens_in(a, e) for a, e in answers)
         total = len(token_offsets)
         row.update(
             tokens=total,

@@ -19,52 +19,57 @@ def _whitespace_chars() -> str:
 
 
 WHITESPACE = _whitespace_chars()
-_LATIN1_IS_SPACE = np.array([chr(c) in WHITESPACE for c in range(256)], dtype=bool)
-_WIDE_SPACES = np.array([ord(c) for c in WHITESPACE if ord(c) >= 256], dtype=np.uint32)
-_WIDE_LOW, _WIDE_HIGH = int(_WIDE_SPACES.min()), int(_WIDE_SPACES.max())
+# Word-character tables indexed by code unit: True where a character is NOT whitespace.
+_BMP_IS_WORD = np.ones(0x10000, dtype=bool)
+_BMP_IS_WORD[[ord(c) for c in WHITESPACE]] = False
+_ASCII_IS_WORD = _BMP_IS_WORD[:256].copy()
 
 
-def _is_space(text: str) -> np.ndarray:
-    """Boolean array, one element per character: is it whitespace for str.split()?"""
+def _code_units(text: str) -> np.ndarray:
+    """One integer per character (code point, or U+FFFF for anything beyond the BMP: never whitespace)."""
     if text.isascii():  # O(1) in CPython; then encoding is a copy
-        return _LATIN1_IS_SPACE[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
-    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    space = _LATIN1_IS_SPACE[np.minimum(points, 255)] & (points < 256)
-    maybe_wide = (points >= _WIDE_LOW) & (points <= _WIDE_HIGH)
-    if maybe_wide.any():
-        space |= np.isin(points, _WIDE_SPACES)
-    return space
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    units = text.encode("utf-16-le")
+    if len(units) == 2 * len(text):  # no character beyond the BMP: one code unit per character
+        return np.frombuffer(units, dtype=np.uint16)
+    return np.minimum(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32), 0xFFFF)
+
+
+def _is_word_char(units: np.ndarray) -> np.ndarray:
+    """Boolean array: is each character a word character for str.split()?"""
+    # Fast guess by one comparison: whitespace is <= U+0020. Then correct the few characters where the
+    # guess can be wrong: control characters that are not whitespace, and whitespace above U+0084.
+    inside = units > 32
+    # Control characters that are not whitespace (U+0000-0008, U+000E-001B) are rare: look only if present.
+    if (units < 9).any() or ((units > 13) & (units < 28)).any():
+        doubtful = np.flatnonzero(units < 32)
+        inside[doubtful] = _BMP_IS_WORD[units[doubtful]]
+    if units.dtype != np.uint8:  # beyond ASCII: a few characters above U+0084 are whitespace
+        doubtful = np.flatnonzero(units > 0x84)
+        inside[doubtful] = _BMP_IS_WORD[units[doubtful]]
+    return inside
 
 
 class WordCounter:
     """Word counts of spans [a, b) of one text."""
 
-    __slots__ = ("_inside", "_starts")
+    __slots__ = ("_inside", "_begins")
 
     def __init__(self, text: str):
-        inside = ~_is_space(text)  # (n,) True where a word character is
-        begins = inside.copy()
-        begins[1:] &= ~inside[:-1]  # a word begins where a word character follows a space (or the start)
-        self._starts = np.flatnonzero(begins)  # positions where words begin, sorted
+        inside = _is_word_char(_code_units(text))  # (n,) True where a word character is
         self._inside = inside
-
-    def words_many(self, starts: Sequence[int], ends: Sequence[int]) -> np.ndarray:
-        """Words in each span [starts[i], ends[i]) at once."""
-        a = np.asarray(starts, dtype=np.int64)
-        b = np.asarray(ends, dtype=np.int64)
-        if len(self._inside) == 0:
-            return np.zeros(len(a), dtype=np.int64)
-        counts = np.searchsorted(self._starts, b) - np.searchsorted(self._starts, a)
-        # A span that begins inside a word counts that word too (its start lies before the span).
-        inside = self._inside
-        cut = (a > 0) & (a < b)
-        if cut.any():
-            prev = np.where(cut, a - 1, 0)
-            cut &= inside[np.minimum(a, len(inside) - 1)] & inside[prev]
-        return np.where(b > a, counts + cut, 0)
+        self._begins = inside[1:] > inside[:-1]  # (n-1,) [j]: a word begins at j + 1
 
     def words(self, start: int, end: int) -> int:
-        return int(self.words_many([start], [end])[0])
+        if end <= start:
+            return 0
+        # Position `start` counts if it holds a word character (a word begins there or runs into the span);
+        # then every word beginning at start+1 .. end-1.
+        return int(self._inside[start]) + int(np.count_nonzero(self._begins[start : end - 1]))
+
+    def words_many(self, starts: Sequence[int], ends: Sequence[int]) -> list[int]:
+        """Words in each span [starts[i], ends[i])."""
+        return [self.words(a, b) for a, b in zip(starts, ends)]
 
 
 def count_words(text: str) -> int:

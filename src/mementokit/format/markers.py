@@ -39,6 +39,17 @@ class Markers:
         return re.compile("|".join(re.escape(m) for m in alternatives))
 
     @cached_property
+    def split_pattern(self) -> re.Pattern[str]:
+        """Like `pattern`, capturing, so re.split keeps the markers between the text pieces."""
+        return re.compile(f"({self.pattern.pattern})")
+
+    @cached_property
+    def code_of(self) -> dict[str, str]:
+        """One letter per marker (T B E S F U), for matching the marker sequence with a regex."""
+        letters = {"think_start": "T", "block_start": "B", "block_end": "E", "summary_start": "S", "summary_end": "F", "think_end": "U"}
+        return {marker: letters[name] for marker, name in self.kind_of.items()}
+
+    @cached_property
     def kind_of(self) -> dict[str, str]:
         return {getattr(self, f.name): f.name for f in fields(self)}
 

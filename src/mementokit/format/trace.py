@@ -9,7 +9,9 @@ their character offsets instead of being repaired, so nothing is lost or silentl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
+from itertools import accumulate
 from enum import Enum
 
 from mementokit.errors import TraceFormatError
@@ -77,12 +79,51 @@ class Segment:
         return response[self.content_start : self.content_end]
 
 
-@dataclass
 class Trace:
-    response: str
-    segments: list[Segment]
-    issues: list[Issue] = field(default_factory=list)
-    markers: Markers = DEFAULT_MARKERS
+    """A parsed response: its segments (tiling the string), its problems, the markers used.
+
+    Well-formed responses keep only the piece boundaries found by the parser and build their Segment
+    objects on first use, so statistics over many traces need not create them (see `pair_spans`).
+    """
+
+    def __init__(
+        self,
+        response: str,
+        segments: list[Segment] | None = None,
+        issues: list[Issue] | None = None,
+        markers: Markers = DEFAULT_MARKERS,
+        *,
+        bounds: list[int] | None = None,
+    ):
+        self.response = response
+        self.issues = issues if issues is not None else []
+        self.markers = markers
+        self._segments = segments
+        # Canonical layout only: piece boundaries of prefix <think> text (BS block BE sep SS memento SE text)* </think> answer.
+        self._bounds = bounds
+
+    def __repr__(self) -> str:
+        return f"Trace({len(self.response)} chars, {len(self.segments)} segments, {len(self.issues)} issues)"
+
+    @property
+    def segments(self) -> list[Segment]:
+        if self._segments is None:
+            self._segments = _segments_from_bounds(self._bounds)
+        return self._segments
+
+    def pair_spans(self) -> list[tuple[int, int, int, int]]:
+        """(block content start, end, memento content start, end) of every block that has a memento."""
+        bounds = self._bounds
+        if bounds is not None and self._segments is None:
+            return [(bounds[i + 1], bounds[i + 2], bounds[i + 5], bounds[i + 6]) for i in range(3, len(bounds) - 4, 8)]
+        return [(b.content_start, b.content_end, m.content_start, m.content_end) for b, m in self.pairs()]
+
+    def answer_spans(self) -> list[tuple[int, int]]:
+        """(start, end) of the text after </think> (one span, or none)."""
+        bounds = self._bounds
+        if bounds is not None and self._segments is None:
+            return [(bounds[-2], bounds[-1])] if bounds[-1] > bounds[-2] else []
+        return [(s.start, s.end) for s in self.segments if s.kind is Kind.ANSWER]
 
     # -- views -----------------------------------------------------------------------------------
     @property
@@ -134,7 +175,7 @@ class Trace:
         return self
 
 
-def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict: bool = False) -> Trace:
+def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict: bool = False, _general: bool = False) -> Trace:
     """Cut `response` into segments in one pass over its markers.
 
     Rules (they mirror the token state machine of block-semantics.md where the text allows):
@@ -145,6 +186,10 @@ def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict:
     """
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
+    if not _general:
+        trace = _parse_canonical(response, markers)
+        if trace is not None:
+            return trace
     kind_of = markers.kind_of
     segments: list[Segment] = []
     issues: list[Issue] = []
@@ -270,3 +315,51 @@ def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict:
     issues.sort(key=lambda i: i.offset)
     trace = Trace(response, segments, issues, markers)
     return trace.check() if strict else trace
+
+
+# -- fast path for well-formed responses --------------------------------------------------------------
+# Marker codes (Markers.code_of): T <think>, B block start, E block end, S summary start, F summary end, U </think>.
+_CANONICAL = re.compile(r"T(?:BESF)*U")
+
+
+def _parse_canonical(response: str, markers: Markers) -> Trace | None:
+    """The parse of a valid response, done with C-level splitting; None when the response is not one.
+
+    Valid means: <think>, then block/memento pairs, then </think>, with non-blank contents. Anything
+    else goes through the general parser (and the tests check both paths agree on every input).
+    """
+    pieces = markers.split_pattern.split(response)  # text, marker, text, marker, ..., text
+    code = markers.code_of
+    if not _CANONICAL.fullmatch("".join(map(code.__getitem__, pieces[1::2]))):
+        return None
+    for i in range(4, len(pieces) - 4, 8):  # block and memento contents must not be blank
+        if not pieces[i].strip() or not pieces[i + 4].strip():
+            return None
+    bounds = [0, *accumulate(map(len, pieces))]
+    return Trace(response, None, [], markers, bounds=bounds)
+
+
+def _segments_from_bounds(bounds: list[int]) -> list[Segment]:
+    """Segments of a canonical layout (see `_parse_canonical`): piece i spans bounds[i] .. bounds[i+1]."""
+    segments: list[Segment] = []
+
+    def text(i: int, kind: Kind) -> None:
+        if bounds[i + 1] > bounds[i]:
+            segments.append(Segment(kind, bounds[i], bounds[i + 1], bounds[i], bounds[i + 1]))
+
+    text(0, Kind.PREFIX)
+    segments.append(Segment(Kind.THINK_START, bounds[1], bounds[2], bounds[1], bounds[2]))
+    text(2, Kind.TEXT)
+    n_pairs = (len(bounds) - 6) // 8
+    for k in range(n_pairs):
+        i = 3 + 8 * k  # piece index of this pair's block start marker
+        block = Segment(Kind.BLOCK, bounds[i], bounds[i + 3], bounds[i + 1], bounds[i + 2], index=k)
+        segments.append(block)
+        text(i + 3, Kind.TEXT)
+        block.summary = len(segments)
+        segments.append(Segment(Kind.SUMMARY, bounds[i + 4], bounds[i + 7], bounds[i + 5], bounds[i + 6], index=k))
+        text(i + 7, Kind.TEXT)
+    u = 3 + 8 * n_pairs
+    segments.append(Segment(Kind.THINK_END, bounds[u], bounds[u + 1], bounds[u], bounds[u + 1]))
+    text(u + 1, Kind.ANSWER)
+    return segments
