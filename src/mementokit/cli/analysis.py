@@ -11,14 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from mementokit.errors import InputError, MementoError
 
-# Piped output is not cut to 80 columns: files and pagers can hold the whole table.
-stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-stderr = Console(stderr=True)
+from mementokit.cli.console import stderr, stdout
 
 DATASET_NAME = "microsoft/OpenMementos"
 

@@ -174,6 +174,10 @@ def register(app: typer.Typer) -> None:
         if stream and len(texts) > 1:
             raise ConfigError("--stream prints one prompt as it is generated; give --prompt, or drop --stream")
         tokenizer = load_tokenizer(tokenizer_path or model_path)
+        if config.enable:
+            from mementokit.blocks import resolve_marker_ids
+
+            resolve_marker_ids(tokenizer, config)  # a marker missing from the vocabulary fails before loading
         model = load_model(model_path, dtype=dtype, device=device, attn=attn)
         generator = BlockMaskedGenerator(model, tokenizer, config)
         encoded = [tokenizer.encode(t, add_special_tokens=False) if raw else chat_prompt(tokenizer, t) for t in texts]

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mementokit.errors import ConfigError
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+from mementokit.cli.console import stderr, stdout
 
 DEFAULT_BLOCK_MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
 

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from mementokit.errors import ConfigError, InputError
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+from mementokit.cli.console import stderr, stdout
 
 pipeline_app = typer.Typer(
     name="pipeline",
