@@ -189,21 +189,6 @@ def analyze_traces(
         while in_flight:
             take(in_flight.popleft().get())
     return _report(columns, tokenizer)
-    # Read in this thread (so reading errors surface here, where they happen), parse in the workers, keep
-    # a bounded number of chunks in flight so memory stays flat, and take results back in input order.
-    in_flight: deque = deque()
-    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        for chunk in _chunks(traces, chunk_size):
-            in_flight.append(pool.apply_async(_work, (chunk,)))
-            while len(in_flight) > 2 * workers or (in_flight and in_flight[0].ready()):
-                done = columns.add(in_flight.popleft().get())
-                if progress is not None:
-                    progress(done)
-        while in_flight:
-            done = columns.add(in_flight.popleft().get())
-            if progress is not None:
-                progress(done)
-    return _report(columns, tokenizer)
 
 
 def _report(columns: _Columns, tokenizer: str | None) -> AnalysisReport:

@@ -13,9 +13,9 @@ import typer
 from rich import box
 from rich.table import Table
 
-from mementokit.errors import InputError, MementoError
+from mementokit.errors import InputError
 
-from mementokit.cli.console import stderr, stdout
+from mementokit.cli.console import progress_bar, stderr, stdout
 
 DATASET_NAME = "microsoft/OpenMementos"
 
@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         records = open_records(source, config=config, split=split, limit=limit, shuffle_seed=shuffle_seed,
                                shuffle_buffer=shuffle_buffer, stratify=stratify, fields=fields, skip_bad=skip_bad, stats=read_stats)
         inputs = (TraceInput(r.response, r.domain, r.origin, r.index, r.source) for r in records)
-        with _progress(limit, "analysing") as advance:
+        with progress_bar(limit, "analysing") as advance:
             report = analyze_traces(inputs, tokenizer=tokenizer, keep_last=keep_last, strict=strict, workers=workers, progress=advance)
         report.skipped = read_stats.rows_skipped
         report.skipped_reasons = dict(read_stats.skipped_by_kind)
@@ -264,28 +264,8 @@ def register(app: typer.Typer) -> None:
         """
         from mementokit.analysis.synth import write_synthetic_jsonl
 
-        with _progress(n, "generating") as advance:
+        with progress_bar(n, "generating") as advance:
             written = write_synthetic_jsonl(out, n, seed=seed, progress=advance)
         stderr.print(f"wrote {written:,} synthetic traces to {out}")
 
 
-class _progress:
-    """A rich progress bar on stderr (silent when stderr is not a terminal)."""
-
-    def __init__(self, total: int | None, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        columns = [SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        self.progress = Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal)
-        self.total = total
-
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task("", total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-
-__all__ = ["register", "sample_path", "MementoError"]

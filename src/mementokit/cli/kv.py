@@ -12,7 +12,7 @@ from rich.table import Table
 
 from mementokit.errors import ConfigError
 
-from mementokit.cli.console import stderr, stdout
+from mementokit.cli.console import progress_bar, stderr, stdout
 
 DEFAULT_BLOCK_MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
 
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
         traces = read_traces(source, limit=limit, dataset_config=dataset_config, split=split, fields=fields,
                              skip_bad=skip_bad)
         results = []
-        with _progress(limit, "replaying") as advance:
+        with progress_bar(limit, "replaying") as advance:
             for result in simulator.simulate_traces(traces, keep_curves_for=keep_curves_for):
                 results.append(result)
                 advance(1)
@@ -161,22 +161,3 @@ def _plot(results, path: Path, plot_trace: int | None) -> Path:
             raise ConfigError(f"--plot-trace {wanted}: only {len(results)} traces were read")
         return plot_kv_curve(chosen, path)
     return plot_kv_distributions(results, path)
-
-
-class _progress:
-    """A rich progress bar on stderr (silent when stderr is not a terminal)."""
-
-    def __init__(self, total: int | None, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.total = total
-        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=stderr, transient=True, disable=not stderr.is_terminal)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task("", total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
