@@ -152,8 +152,13 @@ def export_sft_dataset(examples: Iterable[SFTExample], out_dir: str | os.PathLik
         if "jsonl" in formats:
             files["jsonl"] = MESSAGES_FILE
         if "arrow" in formats:
-            _save_to_disk(writers.arrow_path, work / ARROW_DIR)
-            files["arrow"] = ARROW_DIR
+            if count:
+                _save_to_disk(writers.arrow_path, work / ARROW_DIR)
+                files["arrow"] = ARROW_DIR
+            else:
+                # datasets (5.2) saves an empty dataset that load_from_disk cannot read back (IndexError in
+                # concat_tables); the Parquet file and the card still say what happened.
+                writers.arrow_path.unlink()
         if tokenizer is not None:
             tokenizer.save_pretrained(work / TOKENIZER_DIR)
             files["tokenizer"] = TOKENIZER_DIR
@@ -188,8 +193,7 @@ def _save_to_disk(arrow_stream: Path, target: Path) -> None:
 
 
 def _copy_into_saved_dataset(datasets, arrow_stream: Path, target: Path) -> None:
-    dataset = datasets.Dataset.from_file(str(arrow_stream))
-    dataset.save_to_disk(str(target))
+    datasets.Dataset.from_file(str(arrow_stream)).save_to_disk(str(target))
 
 
 def load_sft_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
