@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from mementokit.blocks import BlockStateMachine
+from mementokit.blocks import BlockStateMachine, MarkerIds
 from mementokit.errors import ConfigError, InputError
 from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.engine import EvictingRunner, check_markers, load_block_masking
@@ -81,6 +81,8 @@ class IncrementalDecoder:
         self.read_offset = 0
 
     def _decode(self, ids) -> str:
+        if self.tokenizer is None:
+            return ""
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def push(self, token_id: int) -> str:
@@ -119,14 +121,22 @@ class _Row:
 class BlockMaskedGenerator:
     """Generates with block masking: finished blocks leave the KV cache physically, positions stay original."""
 
-    def __init__(self, model, tokenizer, block_masking=None, *, mask_mode: str = "auto") -> None:
+    def __init__(self, model, tokenizer, block_masking=None, *, markers: MarkerIds | None = None,
+                 mask_mode: str = "auto", prefill_chunk_size: int = 4096) -> None:
+        """tokenizer may be None when prompts are ids and `markers` are given (no text is produced then).
+        Prompts are prefilled in chunks of `prefill_chunk_size` tokens (bounds the size of an explicit mask)."""
         # Everything that can be wrong with the configuration fails here, before any compute.
         self.config = load_block_masking(block_masking)
-        self.markers = check_markers(model, tokenizer, self.config)
+        if markers is None:
+            if tokenizer is None and self.config.enable:
+                raise ConfigError("block masking needs the tokenizer (or the marker ids) to know the markers")
+            markers = check_markers(model, tokenizer, self.config)
+        self.markers = markers if self.config.enable else None
         self.model = model
         self.tokenizer = tokenizer
         self.runner = EvictingRunner(model, self.config, self.markers, mask_mode=mask_mode)
         self.eos_ids = self._eos_ids()
+        self.prefill_chunk_size = prefill_chunk_size
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -166,6 +176,8 @@ class BlockMaskedGenerator:
     # ----- helpers -----
     def encode_prompt(self, prompt, index: int = 0) -> list[int]:
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ConfigError("text prompts need a tokenizer; give token ids")
             ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         elif isinstance(prompt, torch.Tensor):
             ids = prompt.reshape(-1).tolist()
@@ -189,6 +201,8 @@ class GenerationStream:
         self.params = params
         self.single = single
         self.results: list[GenerationResult] = []
+        self.peak_batch_bytes = 0  # largest key/value tensor footprint of the whole batch (padding included)
+        self.steps = 0  # batched decoding steps
         # Tokenize everything first: bad input fails before any compute.
         self._prompt_ids = [generator.encode_prompt(p, i) for i, p in enumerate(prompts)]
         self._start_inside_assistant = start_inside_assistant
@@ -214,7 +228,7 @@ class GenerationStream:
         for index, prompt_ids in enumerate(self._prompt_ids):
             machine = runner.new_machine(start_inside_assistant=self._start_inside_assistant)
             row = _Row(index, prompt_ids, machine, RowSampler(params, index), tokenizer)
-            done = runner.prefill(prompt_ids, machine)
+            done = runner.prefill(prompt_ids, machine, chunk_size=gen.prefill_chunk_size)
             row.logits = done.logits[-1]
             row.stats.bytes_per_token = done.kv.bytes_per_token()
             row.stats.evictions.extend(done.records)
@@ -228,6 +242,7 @@ class GenerationStream:
         active = [r for r in rows if r.finish_reason is None]
         kv = PhysicalKVCache.from_rows([kv_rows[r.index] for r in active])
         del kv_rows
+        self.peak_batch_bytes = kv.nbytes()
 
         while active:
             # 1. choose every row's next token (the block cap forces <|block_end|>)
@@ -252,7 +267,6 @@ class GenerationStream:
                     row.finish_reason = "length"
             # 2. evictions due at each row's new position, and the physical cap
             restart: dict[int, list] = {}  # batch row -> the evictions its restart recompute applies
-            pending_records = {}
             for b, row in enumerate(active):
                 if row.finish_reason is not None:
                     continue
@@ -260,7 +274,7 @@ class GenerationStream:
                 evictions = row.machine.step(row.ids[position]) if row.machine is not None else []
                 if evictions:
                     records, needs_restart = runner.evict(kv, b, evictions)
-                    pending_records[b] = records
+                    row.stats.evictions.extend(records)
                     if needs_restart:
                         restart[b] = evictions
                 # A restart row still holds its block (removed after the recompute): count it as gone.
@@ -272,30 +286,28 @@ class GenerationStream:
             if len(staying) < len(active):
                 kv.keep_rows(staying)
                 restart = {staying.index(b): v for b, v in restart.items() if b in staying}
-                pending_records = {staying.index(b): v for b, v in pending_records.items() if b in staying}
                 active = [active[b] for b in staying]
             if not active:
                 break
-            for b, records in pending_records.items():
-                active[b].stats.evictions.extend(records)
             # 4. forward: restart rows recompute alone, the others in one batched step
             if restart:
-                self._step_with_restarts(kv, active, restart, pending_records)
+                self._step_with_restarts(kv, active, restart)
             else:
                 logits = runner.step(kv, [r.ids[-1] for r in active], [r.position - 1 for r in active])
                 for b, row in enumerate(active):
                     row.logits = logits[b]
             for b, row in enumerate(active):
                 row.stats.record(row.position, kv.row_length(b))
+            self.steps += 1
+            self.peak_batch_bytes = max(self.peak_batch_bytes, kv.nbytes())
 
         for row in rows:
-            text = tokenizer.decode(row.generated, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            text = row.decoder._decode(row.generated)
             self.results.append(GenerationResult(prompt_token_ids=row.prompt_ids, token_ids=row.generated,
                                                  text=text, finish_reason=row.finish_reason or "length",
                                                  stats=row.stats))
 
-    def _step_with_restarts(self, kv: PhysicalKVCache, active: list[_Row], restart: dict[int, list],
-                            pending_records: dict) -> None:
+    def _step_with_restarts(self, kv: PhysicalKVCache, active: list[_Row], restart: dict[int, list]) -> None:
         """Rows that recompute a memento run alone (a chunk of several tokens); the rest step together."""
         runner = self.generator.runner
         taken = {b: kv.take_row(b) for b in restart}
