@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from helpers_models import build_tiny_model, memento_token_sequence
@@ -58,6 +58,7 @@ def test_collator_mask_is_the_dense_mask_of_each_example_and_padding_is_never_vi
     traces = [short_trace(rng, blocks=rng.randint(0, 4), nested=rng.random() < 0.5) for _ in range(count)]
     sft = SFTTokenizer(tokenizer, stage=2, block_masking=config, max_length=max_length)
     examples = list(sft.tokenize(iter_chat_examples(traces)))
+    assume(examples)  # a prompt longer than max_length drops its example
     batch = MementoCollator(pad_token_id=0, stage=2, pad_to_multiple_of=8)([e.to_row() for e in examples])
     check_batch_against_dense(batch, examples, config, sft.markers)
 
@@ -101,6 +102,26 @@ def test_sliding_window_layers_get_the_window_applied_on_top_of_the_memento_mask
     sliding = per_type["sliding_attention"][0, 0] == 0
     assert sliding[5].tolist() == [False, False, False, True, True, True]
     assert attention_mask_for_model(build_tiny_model("qwen3", 50), mask) is mask
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_causal_4d_mask_through_the_window_adapter_matches_transformers_own_sliding_masks(tokenizer, attn):
+    # OLMo-3 alternates sliding-window and full layers; with no evictions, our 4-D masks must give exactly what
+    # transformers builds itself from a padding mask, or stage 2 would train sliding layers without a window.
+    model = build_tiny_model("olmo3", len(tokenizer), sliding_window=4, attn_implementation=attn)
+    sft = SFTTokenizer(tokenizer, stage=1)
+    rows = [{**e.to_row(), "mask_spans": []} for e in sft.tokenize(iter_chat_examples(short_traces(2, seed=9)))]
+    ours = MementoCollator(pad_token_id=0, stage=2)(rows)
+    theirs = MementoCollator(pad_token_id=0, stage=1)(rows)
+    with torch.no_grad():
+        expected = model(input_ids=theirs["input_ids"], attention_mask=theirs["attention_mask"]).logits
+        got = model(input_ids=ours["input_ids"], attention_mask=attention_mask_for_model(model, ours["attention_mask"]),
+                    position_ids=ours["position_ids"]).logits
+        unwindowed = model(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"],
+                           position_ids=ours["position_ids"]).logits
+    real = theirs["attention_mask"].bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-4)
+    assert (unwindowed[real] - expected[real]).abs().max() > 1e-3  # the adapter is what makes them agree
 
 
 # ---- isolation on a tiny model ------------------------------------------------------------------------------

@@ -129,3 +129,10 @@ def test_resuming_with_another_batch_shape_is_refused(stage2_data, base_model, t
     train(config(base_model, stage2_data, tmp_path / "run", max_steps=1))
     with pytest.raises(ConfigError, match="batch_size"):
         train(config(base_model, stage2_data, tmp_path / "run", max_steps=2, batch_size=1, resume="auto"))
+
+
+def test_bf16_autocast_trains_with_both_attention_paths(stage2_data, base_model, tmp_path):
+    for attn in ("sdpa", "eager"):
+        result = train(config(base_model, stage2_data, tmp_path / attn, max_steps=2, bf16=True,
+                              attn_implementation=attn))
+        assert result.bf16 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
