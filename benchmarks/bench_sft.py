@@ -31,12 +31,12 @@ else:
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ.setdefault(_name, _threads)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from mementokit.analysis.synth import synthetic_rows  # noqa: E402
-from mementokit.blocks import BlockMaskingConfig  # noqa: E402
-from mementokit.sft import MementoCollator, SFTTokenizer, iter_chat_examples  # noqa: E402
+from mementokit.analysis.synth import synthetic_rows
+from mementokit.blocks import BlockMaskingConfig
+from mementokit.sft import MementoCollator, SFTTokenizer, iter_chat_examples
 
 MARKERS = ("<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>")
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
@@ -143,7 +143,7 @@ def bench_training(examples, vocab_size: int, lengths: list[int], repeat: int) -
             model = tiny_model(vocab_size, attn)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step(batch):
+            def step(batch, model=model, optimizer=optimizer):
                 loss = model(**batch).loss
                 loss.backward()
                 optimizer.step()

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from helpers_models import build_tiny_model
+
 from mementokit.format import build_response
 
 WORDS = ("we", "add", "the", "two", "numbers", "check", "sum", "so", "x", "equals", "four", "then", "because",

@@ -9,10 +9,10 @@ import sys
 import datasets
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from helpers_sft import save_tiny_model, short_traces, write_jsonl
 from helpers_tokenizer import build_tiny_tokenizer
+from typer.testing import CliRunner
+
 from mementokit.cli.main import app
 from mementokit.errors import ConfigError
 

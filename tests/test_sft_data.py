@@ -8,11 +8,11 @@ import random
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from helpers_sft import short_trace, short_traces, write_jsonl
+from helpers_tokenizer import build_tiny_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers_sft import short_trace, short_traces, write_jsonl
-from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.blocks import BlockMaskingConfig, compact_mask
 from mementokit.errors import ConfigError, InputError
 from mementokit.sft import (
@@ -176,10 +176,10 @@ def test_stage_two_needs_a_config_that_evicts(tokenizer):
 
 
 # ---- export -------------------------------------------------------------------------------------------------
-def export(tokenizer, out, traces, **options):
+def export(tokenizer, out, traces, *, overwrite=False, **options):
     sft = SFTTokenizer(tokenizer, **options)
     result = export_sft_dataset(sft.tokenize(iter_chat_examples(traces)), out, metadata=sft.metadata(),
-                                stats=sft.stats, tokenizer=tokenizer)
+                                stats=sft.stats, tokenizer=tokenizer, overwrite=overwrite)
     return sft, result
 
 
@@ -220,12 +220,19 @@ def test_export_refuses_a_non_empty_folder_and_leaves_nothing_behind_on_failure(
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(InputError, match="not empty"):
         export(tokenizer, tmp_path / "out", short_traces(1))
+    sft = SFTTokenizer(tokenizer)
+    with pytest.raises(InputError, match="not an SFT export"):
+        export_sft_dataset(sft.tokenize(iter_chat_examples(short_traces(1))), tmp_path / "out",
+                           metadata=sft.metadata(), overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").is_file()
+    export(tokenizer, tmp_path / "prev", short_traces(1))
+    _, again = export(tokenizer, tmp_path / "prev", short_traces(3), overwrite=True)  # an earlier export: replaced
+    assert again.examples == 3
 
-    def failing():
+    def failing():  # a reader error half-way through the stream
         yield from iter_chat_examples(short_traces(2))
         raise InputError("boom", path="t.jsonl", line=3)
 
-    sft = SFTTokenizer(tokenizer)
     with pytest.raises(InputError, match="boom"):
         export_sft_dataset(sft.tokenize(failing()), tmp_path / "new", metadata=sft.metadata())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "prev"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers_models import build_tiny_model
 from helpers_tokenizer import build_tiny_tokenizer
+
 from mementokit.errors import ConfigError
 from mementokit.sft import DEFAULT_INIT_WORDS, add_memento_tokens, init_token_embeddings, related_token_ids
 

@@ -8,12 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
 from helpers_models import build_tiny_model, memento_token_sequence
 from helpers_sft import short_trace, short_traces
 from helpers_tokenizer import build_tiny_tokenizer
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
 from mementokit.blocks import BlockMaskingConfig, compact_mask, dense_allowed, resolve_marker_ids
 from mementokit.sft import MementoCollator, SFTTokenizer, attention_mask_for_model, iter_chat_examples
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers_sft import save_tiny_model, short_traces
 from helpers_tokenizer import build_tiny_tokenizer
+from safetensors.torch import load_file
+
 from mementokit.blocks import BlockMaskingConfig
 from mementokit.errors import ConfigError
 from mementokit.sft import (
@@ -47,8 +47,8 @@ def base_model(tmp_path_factory):
 
 
 def config(model, data, out, **overrides) -> TrainConfig:
-    values = dict(model=str(model), data=str(data), out=str(out), stage=2, max_steps=4, batch_size=2,
-                  learning_rate=3e-3, warmup_steps=1, lr_scheduler="linear", seed=3, device="cpu")
+    values = {"model": str(model), "data": str(data), "out": str(out), "stage": 2, "max_steps": 4, "batch_size": 2,
+              "learning_rate": 3e-3, "warmup_steps": 1, "lr_scheduler": "linear", "seed": 3, "device": "cpu"}
     return TrainConfig(**{**values, **overrides})
 
 

@@ -92,8 +92,8 @@ def register(app: typer.Typer) -> None:
 
         Example: memento sft traces.jsonl --tokenizer ./qwen3-tokenizer --out sft-stage2 --max-length 32768 --stage 2 --keep-last-n 0 --keep-delimiters
         """
-        from mementokit.io import FieldMap, ReadStats
         from mementokit.cli.kv import load_tokenizer  # the same loading rules (and errors) as `memento kv`
+        from mementokit.io import FieldMap, ReadStats
         from mementokit.sft import SFTTokenizer, export_sft_dataset, iter_chat_examples
 
         masking = block_masking_for(stage, block_masking, keep_last_n, mask_delimiters)

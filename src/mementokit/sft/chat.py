@@ -18,7 +18,7 @@ still the authority for the prompt and for how a turn ends (found by rendering a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,10 @@ class ChatExample:
     source: str | None = None
     index: int = 0
     origin: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def problem(self) -> str:
-        return next(m["content"] for m in self.messages if m["role"] == "user")
 
     @property
     def response(self) -> str:
         return self.messages[-1]["content"]
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSONL row other trainers read: messages, and the labels that came with the trace."""
-        return {"messages": self.messages, "domain": self.domain, "source": self.source}
 
 
 def chat_messages(problem: str, response: str, *, system_prompt: str | None = None) -> list[dict[str, str]]:

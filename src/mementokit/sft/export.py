@@ -124,8 +124,13 @@ def export_sft_dataset(examples: Iterable[SFTExample], out_dir: str | os.PathLik
     if unknown or not formats:
         raise ConfigError(f"export formats must be some of {FORMATS}, got {sorted(formats) or 'none'}")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError("output folder exists and is not empty (use overwrite)", path=str(out))
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError("output folder exists and is not empty (use overwrite)", path=str(out))
+        if not (out / METADATA_FILE).is_file():
+            # overwrite replaces an earlier export, never a folder that merely happens to be named.
+            raise InputError(f"will not overwrite a folder that is not an SFT export (no {METADATA_FILE})",
+                             path=str(out))
     work = out.with_name(f".{out.name}.partial-{os.getpid()}")
     if work.exists():
         shutil.rmtree(work)
@@ -261,9 +266,9 @@ def dataset_card(metadata: dict[str, Any]) -> str:
         "",
         f"# Memento SFT data (stage {stage}: {'memento attention' if stage == 2 else 'full causal attention'})",
         "",
-        "Made by `memento sft` (mementokit). Each row is one conversation (user problem, assistant Memento "
+        ("Made by `memento sft` (mementokit). Each row is one conversation (user problem, assistant Memento "
         "response) tokenized for causal-LM training: `labels` is -100 on the prompt and the token id on every "
-        "completion token, special tokens included.",
+        "completion token, special tokens included."),
         "",
         "## Counts",
         "",
@@ -285,8 +290,8 @@ def dataset_card(metadata: dict[str, Any]) -> str:
         f"| total | {fmt(stats.get('tokens'))} |",
         f"| prompt (label -100) | {fmt(stats.get('prompt_tokens'))} |",
         f"| completion (trained on) | {fmt(stats.get('label_tokens'))} |",
-        f"| per example: mean / median / p90 / max | {fmt(per.get('mean'))} / {fmt(per.get('median'))} / "
-        f"{fmt(per.get('p90'))} / {fmt(per.get('max'))} |",
+        (f"| per example: mean / median / p90 / max | {fmt(per.get('mean'))} / {fmt(per.get('median'))} / "
+        f"{fmt(per.get('p90'))} / {fmt(per.get('max'))} |"),
         f"| completed blocks | {fmt(stats.get('blocks_completed'))} |",
     ]
     if stage == 2:
@@ -299,8 +304,8 @@ def dataset_card(metadata: dict[str, Any]) -> str:
         f"- stage: {stage}",
         f"- max length: {fmt(metadata.get('max_length'))} (overflow: {metadata.get('overflow')})",
         f"- chat format: {metadata.get('chat_template')} (assistant turn rendered {metadata.get('render_mode')})",
-        f"- block markers added to the tokenizer: {metadata.get('markers_added')}; ids "
-        f"{json.dumps(metadata.get('marker_ids'))}",
+        (f"- block markers added to the tokenizer: {metadata.get('markers_added')}; ids "
+        f"{json.dumps(metadata.get('marker_ids'))}"),
         f"- assistant gating: {metadata.get('assistant_gating')}",
     ]
     if stage == 2 and masking:
@@ -314,9 +319,9 @@ def dataset_card(metadata: dict[str, Any]) -> str:
             json.dumps(masking, indent=2),
             "```",
             "",
-            "`mask_spans` holds the stage-2 mask compactly: each `[key_start, key_stop, trigger]` hides keys "
+            ("`mask_spans` holds the stage-2 mask compactly: each `[key_start, key_stop, trigger]` hides keys "
             "key_start..key_stop-1 from every query at position >= trigger. `mementokit.sft.MementoCollator` "
-            "expands it into the 4-D masks transformers models take.",
+            "expands it into the 4-D masks transformers models take."),
         ]
     lines += [
         "",
@@ -328,8 +333,8 @@ def dataset_card(metadata: dict[str, Any]) -> str:
         f"ds = datasets.load_dataset('parquet', data_files='{PARQUET_FILE}', split='train')",
         "```",
         "",
-        f"`{MESSAGES_FILE}` holds the same conversations as chat messages for other trainers, and `{TOKENIZER_DIR}/` "
-        "the tokenizer the ids belong to.",
+        (f"`{MESSAGES_FILE}` holds the same conversations as chat messages for other trainers, and `{TOKENIZER_DIR}/` "
+        "the tokenizer the ids belong to."),
         "",
     ]
     return "\n".join(lines)

@@ -191,7 +191,7 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
-def _check_data(dataset, metadata: dict[str, Any] | None, config: TrainConfig, path: str) -> None:
+def _check_data(dataset, config: TrainConfig, path: str) -> None:
     if len(dataset) == 0:
         raise InputError("the SFT dataset has no examples", path=path)
     if config.stage == 2 and "mask_spans" not in dataset.column_names:
@@ -256,7 +256,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     dataset, metadata = load_sft_dataset(config.data)
-    _check_data(dataset, metadata, config, config.data)
+    _check_data(dataset, config, config.data)
     tokenizer = _load_tokenizer(Path(config.data), config.model)
     model = _load_model(resume_from or config.model, config.attn_implementation)
     init_report = None
