@@ -99,6 +99,10 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(stage2_data,
     resumed = train(config(base_model, stage2_data, tmp_path / "cut", save_steps=2, max_steps=5, resume="auto"))
     assert resumed.resumed_from.endswith("checkpoint-2")
     assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5]
+    logged = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(config(base_model, stage2_data, tmp_path / "cut", max_steps=5))
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in whole.history], abs=1e-6)
     a, b = weights(whole.final_dir), weights(resumed.final_dir)
     for name in a:

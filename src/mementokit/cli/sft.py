@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
         save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps (0: only at the end).", min=0)] = 0,
         save_total_limit: Annotated[Optional[int], typer.Option("--save-total-limit", help="Keep only the newest N checkpoints.", min=1)] = None,
         log_steps: Annotated[int, typer.Option("--log-steps", help="Log the loss every N steps.", min=1)] = 1,
-        resume: Annotated[Optional[str], typer.Option("--resume", help="auto (newest checkpoint in --out) or a checkpoint folder.", show_default=False)] = None,
+        resume: Annotated[Optional[str], typer.Option("--resume", help="auto (newest checkpoint in --out, or a fresh start when there is none) or a checkpoint folder.", show_default=False)] = None,
         gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in the backward pass (less memory).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     ) -> None:

@@ -72,7 +72,7 @@ class TrainConfig:
     save_steps: int = 0  # 0: only at the end
     save_total_limit: int | None = None  # keep only the newest N checkpoints
     log_steps: int = 1
-    resume: str | None = None  # "auto" (newest checkpoint in out), a checkpoint folder, or None
+    resume: str | None = None  # "auto" (newest checkpoint in out; a fresh start when none), a checkpoint folder
     gradient_checkpointing: bool = False
     shuffle: bool = True
     init_sigma: float = DEFAULT_SIGMA  # noise of new marker embeddings, when the model lacks the markers
@@ -232,6 +232,28 @@ def _restore_rng(state: dict[str, Any]) -> None:
         random.setstate((version, tuple(internal), gauss))
 
 
+def _accumulate_gradients(model, micro_batches: list[dict[str, torch.Tensor]], device: torch.device,
+                          bf16: bool) -> tuple[float, int, int]:
+    """Forward and backward over one optimizer step's micro-batches; returns (loss, label tokens, tokens).
+
+    Each micro-batch's loss is its summed token loss divided by the label tokens of the WHOLE step (the model's
+    `num_items_in_batch`), so the accumulated gradient is that of the mean over every label token of the step.
+    """
+    label_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)  # after the shift
+    step_loss, tokens = 0.0, 0
+    for batch in micro_batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        tokens += int(batch["input_ids"].numel())
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            output = model(input_ids=batch["input_ids"],  # [B, L]
+                           attention_mask=attention_mask_for_model(model, batch["attention_mask"]),  # [B, 1, L, L]
+                           position_ids=batch["position_ids"], labels=batch["labels"],
+                           num_items_in_batch=max(label_tokens, 1), use_cache=False)
+        output.loss.backward()
+        step_loss += float(output.loss.detach())
+    return step_loss, label_tokens, tokens
+
+
 # ---- the loop -----------------------------------------------------------------------------------------------
 def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | None = None,
           on_step: Callable[[int, int], None] | None = None) -> TrainResult:
@@ -244,6 +266,9 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
         resume_from = latest_checkpoint(out) if config.resume == "auto" else Path(config.resume)
         if config.resume != "auto" and not (resume_from / STATE_FILE).is_file():
             raise InputError(f"not a checkpoint (no {STATE_FILE})", path=str(resume_from))
+    elif latest_checkpoint(out) is not None:
+        raise ConfigError(f"{out} already holds checkpoints: resume them (resume='auto', --resume auto) or "
+                          "choose another output folder")
     state: dict[str, Any] = {}
     if resume_from is not None:
         state = json.loads((resume_from / STATE_FILE).read_text(encoding="utf-8"))
@@ -289,32 +314,21 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
         start_step = int(state["step"])
         _restore_rng(state)
 
-    log_file = open(out / "log.jsonl", "a", encoding="utf-8")
     started = time.perf_counter()
-    try:
+    # A resumed run's log restarts from the checkpoint's history: steps logged after it were lost with the crash.
+    with open(out / "log.jsonl", "w", encoding="utf-8") as log_file:
+        log_file.writelines(json.dumps(record) + "\n" for record in history)
         for step in range(start_step, total_steps):
             indices = step_indices(len(dataset), step, examples_per_step=examples_per_step, seed=config.seed,
                                    shuffle=config.shuffle)
             features = [dataset[i] for i in indices]
             micro_batches = [collate(features[i:i + config.batch_size])
                              for i in range(0, len(features), config.batch_size)]
-            # Label tokens of the whole step (after the shift): the loss is their mean, however they are split.
-            label_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
-            step_loss = 0.0
-            tokens = 0
             for batch in micro_batches:
                 if int(batch["input_ids"].max()) >= rows:
                     raise ConfigError(f"token id {int(batch['input_ids'].max())} is outside the model's {rows} "
                                       "embedding rows: the data was tokenized with another tokenizer")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                tokens += int(batch["input_ids"].numel())
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    output = model(input_ids=batch["input_ids"],
-                                   attention_mask=attention_mask_for_model(model, batch["attention_mask"]),
-                                   position_ids=batch["position_ids"], labels=batch["labels"],
-                                   num_items_in_batch=max(label_tokens, 1), use_cache=False)
-                output.loss.backward()
-                step_loss += float(output.loss.detach())
+            step_loss, label_tokens, tokens = _accumulate_gradients(model, micro_batches, device, bf16)
             grad_norm = None
             if config.max_grad_norm:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
@@ -339,8 +353,6 @@ def train(config: TrainConfig, *, on_log: Callable[[dict[str, Any]], None] | Non
                                  {"step": done, "total_steps": total_steps, "config": asdict(config),
                                   "history": history, "data_metadata": metadata})
                 _rotate_checkpoints(out, config.save_total_limit)
-    finally:
-        log_file.close()
 
     final = out / "final"
     model.save_pretrained(final)
