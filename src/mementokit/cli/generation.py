@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mementokit.errors import ConfigError, InputError
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+from mementokit.cli.console import stderr, stdout
 
 DEFAULT_BLOCK_MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
