@@ -46,6 +46,12 @@ _LAZY = {
     "BlockMaskedGenerator": "mementokit.generate",
     "SamplingParams": "mementokit.generate",
     "replay": "mementokit.generate",
+    "SFTTokenizer": "mementokit.sft",
+    "MementoCollator": "mementokit.sft",
+    "iter_chat_examples": "mementokit.sft",
+    "export_sft_dataset": "mementokit.sft",
+    "add_memento_tokens": "mementokit.sft",
+    "TrainConfig": "mementokit.sft",
 }
 
 
