@@ -64,7 +64,7 @@ SYNTHETIC_SOURCE = "synthetic"
 
 # The sample shipped in the package (src/mementokit/data/sample.jsonl): the real trace + this many synthetic
 # rows, which keeps the file under ~3 MB (synthetic traces average ~45K characters).
-SAMPLE_N_SYNTHETIC = 60
+SAMPLE_N_SYNTHETIC = 40  # keeps the shipped file under 2 MB
 SAMPLE_SEED = 0
 SAMPLE_REAL_SOURCE = "AIME 2025 Problem 5 (microsoft/memento, MIT)"
 

@@ -90,7 +90,7 @@ def summary_table(summary: dict) -> Table:
             name,
             f"{group['traces']:,}",
             f"{group['invalid']:,}",
-            _fmt(pt["blocks"]["median"], 1),
+            "-" if pt["blocks"]["median"] is None else f"{pt['blocks']['median']:.1f}",
             _fmt(pb["block_chars"]["median"]),
             _fmt(pb["summary_chars"]["median"]),
             _fmt(pb["char_ratio"]["median"]),
