@@ -194,6 +194,7 @@ def test_generation_logits_follow_the_dense_mask(model, tokenizer, markers, prom
        top_p=st.floats(0.05, 1.0), min_p=st.floats(0.0, 0.9), temperature=st.floats(0.1, 3.0))
 def test_filters_keep_the_most_likely_token_and_only_drop_what_they_should(values, top_k, top_p, min_p, temperature):
     logits = torch.tensor(values)
+    values = logits.tolist()  # the reference reads the values as the filter sees them (float32: 1e-190 is 0)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     kept = torch.isfinite(filter_logits(logits, params))
     assert kept[logits == logits.max()].any()  # a most likely token always survives (ties: any of them)
