@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mementokit.errors import ConfigError
+from mementokit.format.markers import DEFAULT_MARKERS
 
 TOKEN_FIELDS = (
     "block_start_token",
@@ -53,10 +54,11 @@ class BlockMaskingConfig:
     keep_last_block_for_answer: bool = False
     max_block_tokens: int = 0
     debug: bool = False
-    block_start_token: str = "<|block_start|>"
-    block_end_token: str = "<|block_end|>"
-    summary_start_token: str = "<|summary_start|>"
-    summary_end_token: str = "<|summary_end|>"
+    # The marker strings default to the format core's, so text and tokens agree unless a user changes both.
+    block_start_token: str = DEFAULT_MARKERS.block_start
+    block_end_token: str = DEFAULT_MARKERS.block_end
+    summary_start_token: str = DEFAULT_MARKERS.summary_start
+    summary_end_token: str = DEFAULT_MARKERS.summary_end
     im_start_token: str = "<|im_start|>"
     assistant_token: str = "assistant"
 
