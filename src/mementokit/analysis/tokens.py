@@ -23,23 +23,19 @@ def load_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
     """
     from tokenizers import AddedToken, Tokenizer
 
-    path = Path(name_or_path)
-    try:
-        if path.is_file():
-            tokenizer = Tokenizer.from_file(str(path))
-        else:
-            from transformers import AutoTokenizer
+    from mementokit.blocks.tokens import load_hf_tokenizer
 
-            hf = AutoTokenizer.from_pretrained(name_or_path)
-            tokenizer = getattr(hf, "backend_tokenizer", None)
-            if tokenizer is None:
-                raise ConfigError(f"tokenizer '{name_or_path}' has no fast (Rust) version; mementokit needs one")
-            tokenizer = Tokenizer.from_str(tokenizer.to_str())  # our own copy: adding markers must not touch hf's
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds (OSError, ValueError, HTTP errors)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load tokenizer '{name_or_path}': {first_line}") from None
+    path = Path(name_or_path)
+    if path.is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception
+            raise ConfigError(f"cannot load tokenizer '{name_or_path}': {exc}") from None
+    else:
+        backend = getattr(load_hf_tokenizer(name_or_path), "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"tokenizer '{name_or_path}' has no fast (Rust) version; mementokit needs one")
+        tokenizer = Tokenizer.from_str(backend.to_str())  # our own copy: adding markers must not touch the original
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     missing = [m for m in markers.all if m not in vocab]
     if missing:

@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mementokit.errors import ConfigError, InputError
-
+from mementokit.blocks.tokens import load_hf_tokenizer as load_tokenizer
 from mementokit.cli.console import stderr, stdout
+from mementokit.errors import ConfigError, InputError
 
 DEFAULT_BLOCK_MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -37,14 +37,6 @@ def load_block_masking_config(text: str):
         stderr.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     return config
 
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load tokenizer {path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def load_model(path: str, *, dtype: str, device: str, attn: str):
@@ -101,7 +93,13 @@ class _Progress:
     """A rich progress bar on stderr (silent when stderr is not a terminal)."""
 
     def __init__(self, total: int | None, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.total = total
         self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -161,7 +159,11 @@ def register(app: typer.Typer) -> None:
 
         Example: memento generate --model ./memento-qwen3-8b --prompt "Prove that sqrt(2) is irrational." --block-masking '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}' --temperature 0.6 --top-p 0.95 --top-k 20 --max-new-tokens 8192 --plot kv.png
         """
-        from mementokit.generate import BlockMaskedGenerator, SamplingParams, chat_prompt
+        from mementokit.generate import (
+            BlockMaskedGenerator,
+            SamplingParams,
+            chat_prompt,
+        )
 
         # Everything that can be wrong fails before the model is loaded.
         config = load_block_masking_config(block_masking)

@@ -10,21 +10,11 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 from rich.table import Table
 
+from mementokit.blocks.tokens import load_hf_tokenizer as load_tokenizer
+from mementokit.cli.console import progress_bar, stderr, stdout
 from mementokit.errors import ConfigError
 
-from mementokit.cli.console import progress_bar, stderr, stdout
-
 DEFAULT_BLOCK_MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
-
-
-def load_tokenizer(name_or_path: str):
-    """A Hugging Face tokenizer from a local folder (or a hub name, where the hub can be reached)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load tokenizer {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 
 
 def load_memory_model(model_config: str | None, preset_name: str | None, kv_dtype: str | None):

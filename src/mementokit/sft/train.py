@@ -161,14 +161,10 @@ def _resolve_bf16(requested: bool | None, device: torch.device) -> bool:
 
 
 def _load_tokenizer(data: Path, model: str):
-    from transformers import AutoTokenizer
+    from mementokit.blocks.tokens import load_hf_tokenizer
 
     # The ids were made by the export's tokenizer (block markers added): prefer it to the model's.
-    source = data / TOKENIZER_DIR if (data / TOKENIZER_DIR).is_dir() else Path(model)
-    try:
-        return AutoTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a tokenizer from {source}: {str(exc).splitlines()[0]}") from None
+    return load_hf_tokenizer(data / TOKENIZER_DIR if (data / TOKENIZER_DIR).is_dir() else Path(model))
 
 
 def _load_model(path: str | Path, attn_implementation: str):
