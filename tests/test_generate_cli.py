@@ -8,12 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from typer.testing import CliRunner
-
+from helpers_cli import invoke
 from helpers_models import build_tiny_model
 from helpers_tokenizer import build_tiny_tokenizer
-from mementokit.cli.main import app
 
 MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
 RESPONSE = ("<think><|block_start|>First I compute the sum of the two numbers carefully.<|block_end|>"
@@ -38,14 +35,6 @@ def traces(tmp_path_factory):
             {"problem": "And 3 + 3?", "response": RESPONSE.replace("4", "6"), "domain": "math"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     return path
-
-
-def invoke(*args):
-    torch.set_num_threads(1)
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def test_generate_prints_json_with_cache_summary_and_writes_curve_and_plot(model_dir, tmp_path):

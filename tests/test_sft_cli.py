@@ -8,12 +8,10 @@ import sys
 
 import datasets
 import pytest
-import torch
+from helpers_cli import invoke
 from helpers_sft import save_tiny_model, short_traces, write_jsonl
 from helpers_tokenizer import build_tiny_tokenizer
-from typer.testing import CliRunner
 
-from mementokit.cli.main import app
 from mementokit.errors import ConfigError
 
 
@@ -24,14 +22,6 @@ def inputs(tmp_path_factory):
     traces = write_jsonl(folder / "traces.jsonl", short_traces(6, seed=11, blocks=2))
     model = save_tiny_model(folder / "model", 601, arch="qwen3")
     return folder / "tiny-tokenizer", traces, model
-
-
-def invoke(*args):
-    torch.set_num_threads(1)
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def test_sft_stage_two_writes_every_format_and_prints_one_json_object(inputs, tmp_path):
