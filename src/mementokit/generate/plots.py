@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mementokit.generate.stats import CacheStats
+from mementokit.kv.plots import save_figure
 
 
 def plot_cache_curves(curves: Sequence[tuple[str, CacheStats]], path: str | Path, *, title: str | None = None) -> Path:
@@ -27,8 +28,4 @@ def plot_cache_curves(curves: Sequence[tuple[str, CacheStats]], path: str | Path
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

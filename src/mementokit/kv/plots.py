@@ -14,6 +14,17 @@ from mementokit.errors import ConfigError
 from mementokit.kv.model_memory import GIB
 from mementokit.kv.simulator import TraceKV
 
+def save_figure(fig, path: str | Path, *, dpi: int) -> Path:
+    """Write a pyplot figure as PNG (making the folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 VANILLA_COLOUR = "#7f7f7f"
 MEMENTO_COLOUR = "#1f77b4"
 
@@ -53,11 +64,7 @@ def plot_kv_curve(result: TraceKV, path: str | Path, *, title: str | None = None
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def plot_kv_distributions(results: Sequence[TraceKV], path: str | Path, *, title: str | None = None) -> Path:
@@ -92,8 +99,4 @@ def plot_kv_distributions(results: Sequence[TraceKV], path: str | Path, *, title
     ax.grid(alpha=0.3)
     fig.suptitle(title or f"KV cache over {len(results)} traces")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
