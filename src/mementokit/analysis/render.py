@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -32,8 +34,6 @@ def render_trace(console: Console, record, *, max_chars: int = 600, tokenizer: s
     def tokens(a: int, b: int) -> str:
         if offsets is None:
             return ""
-        from bisect import bisect_left
-
         return f", {bisect_left(offsets, (b,)) - bisect_left(offsets, (a,)):,} tok"
 
     title = f"{getattr(record, 'origin', '')}  domain={getattr(record, 'domain', '?')}  {len(response):,} chars"
