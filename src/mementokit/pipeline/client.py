@@ -14,7 +14,7 @@ import email.utils
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,13 +99,19 @@ class LLMClient:
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
         return self._semaphore
 
-    def request(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> dict[str, Any]:
-        req: dict[str, Any] = {"model": self.config.model, "messages": list(messages), "temperature": self.config.temperature}
+    def request(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None,
+                **options: Any) -> dict[str, Any]:
+        """The create() arguments; `options` are more of them (logprobs=True, top_logprobs=20, ...), and an
+        `extra_body` among them is merged over the config's (server-specific fields such as return_token_ids)."""
+        req: dict[str, Any] = {"model": self.config.model, "messages": list(messages),
+                               "temperature": self.config.temperature}
         limit = max_tokens or self.config.max_tokens
         if limit:
             req["max_tokens"] = limit
-        if self.config.extra_body:
-            req["extra_body"] = self.config.extra_body
+        extra_body = {**(self.config.extra_body or {}), **(options.pop("extra_body", None) or {})}
+        req.update(options)
+        if extra_body:
+            req["extra_body"] = extra_body
         return req
 
     async def complete(
@@ -117,7 +123,26 @@ class LLMClient:
         max_tokens: int | None = None,
     ) -> str:
         """The answer's text. Raises LLMError when the call fails for good."""
-        req = self.request(messages, max_tokens)
+        response = await self.chat(messages, stage=stage, ledgers=ledgers, max_tokens=max_tokens,
+                                   cache_if=lambda content: bool(content.strip()))
+        return str(response["choices"][0]["message"].get("content") or "")
+
+    async def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        stage: str,
+        ledgers: Sequence[Usage] = (),
+        max_tokens: int | None = None,
+        cache_if: Callable[[str], bool] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The whole response as a plain dict (choices with logprobs, server extras such as token_ids, usage).
+
+        `options` go into the request (see `request`). The answer is cached when the response cache is on and
+        `cache_if(content)` holds (default: always). Raises LLMError when the call fails for good.
+        """
+        req = self.request(messages, max_tokens, **options)
         key = request_key(req)
         ledgers = [self.usage, *ledgers]
         if self.cache is not None:
@@ -127,7 +152,8 @@ class LLMClient:
                     s = ledger.stage(stage)
                     s.calls += 1
                     s.cached += 1
-                return str(hit["content"])
+                # entries written before whole responses were cached hold the text only
+                return hit.get("response") or {"choices": [{"index": 0, "message": {"content": hit["content"]}}]}
         attempt = 0
         while True:
             try:
@@ -137,17 +163,23 @@ class LLMClient:
                         response = await self._client.chat.completions.create(**req)
                     finally:
                         self.in_flight -= 1
-                content = response.choices[0].message.content or ""
-                usage = getattr(response, "usage", None)
-                prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-                completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+                data = response.model_dump(mode="json")  # extra fields a server adds are kept
+                if not data.get("choices"):
+                    raise LLMError(f"{stage}: the server answered with no choices")
+                content = data["choices"][0].get("message", {}).get("content") or ""
+                usage = data.get("usage") or {}
+                prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                completion_tokens = int(usage.get("completion_tokens") or 0)
                 break
             except Exception as exc:  # noqa: BLE001 - classified right below
                 wait = self._retry_delay(exc, attempt)
                 if wait is None or attempt >= self.config.max_retries:
                     for ledger in ledgers:
                         ledger.stage(stage).errors += 1
-                    raise LLMError(f"{stage} call failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}") from exc
+                    if isinstance(exc, LLMError):
+                        raise
+                    raise LLMError(f"{stage} call failed after {attempt + 1} attempt(s): "
+                                   f"{type(exc).__name__}: {exc}") from exc
                 for ledger in ledgers:
                     ledger.stage(stage).retries += 1
                 attempt += 1
@@ -157,9 +189,10 @@ class LLMClient:
             s.calls += 1
             s.prompt_tokens += prompt_tokens
             s.completion_tokens += completion_tokens
-        if self.cache is not None and content.strip():
-            self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
-        return content
+        if self.cache is not None and (cache_if is None or cache_if(content)):
+            self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens,
+                                 "completion_tokens": completion_tokens, "response": data})
+        return data
 
     def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
         """Seconds to wait before retrying `exc`, or None when it must not be retried."""

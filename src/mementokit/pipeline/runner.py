@@ -23,7 +23,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,11 +174,11 @@ def _rewrite_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _compact_failures(results_path: Path, failures_path: Path) -> set[str]:
-    """Drop failure records of traces that have since succeeded; returns the finished task ids."""
-    finished = {r["task_id"] for r in read_jsonl(results_path) if "task_id" in r}
+def _compact_failures(results_path: Path, failures_path: Path, key: str = "task_id") -> set[str]:
+    """Drop failure records of items that have since succeeded; returns the finished ids."""
+    finished = {r[key] for r in read_jsonl(results_path) if key in r}
     if failures_path.exists():
-        _rewrite_atomically(failures_path, [f for f in read_jsonl(failures_path) if f.get("task_id") not in finished])
+        _rewrite_atomically(failures_path, [f for f in read_jsonl(failures_path) if f.get(key) not in finished])
     return finished
 
 
@@ -227,6 +227,74 @@ def planned_rows(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, state: Run
         yield row
 
 
+async def run_resumable(
+    items: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike[str],
+    process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    *,
+    workers: int,
+    key: str = "task_id",
+    state: RunState | None = None,
+    on_progress: Callable[[RunState], None] | None = None,
+) -> RunState:
+    """The resumable core (module docstring): `process(item)` for every item whose `key` is not yet finished.
+
+    A result (which must carry the item's `key`) is appended to results.jsonl; an exception to failures.jsonl
+    with its stage (an exception's `stage` attribute, else "internal") and is retried by the next run.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path, failures_path = out / RESULTS, out / FAILURES
+    for path in (results_path, failures_path):
+        _repair_tail(path)
+    finished = _compact_failures(results_path, failures_path, key)
+    results_log, failures_log = AppendLog(results_path), AppendLog(failures_path)
+    state = state or RunState()
+    seen: set[str] = set()
+    in_flight: set[asyncio.Task] = set()
+
+    async def one(item: dict[str, Any]) -> None:
+        try:
+            result = await process(item)
+        except Exception as exc:  # a bug or an unexpected answer must not stop the other items
+            state.failed += 1
+            stage = getattr(exc, "stage", None)
+            error = str(exc) if stage else f"{type(exc).__name__}: {exc}"
+            failures_log.append({key: item[key], "stage": stage or "internal", "error": error, "time": time.time()})
+        else:
+            results_log.append(result)
+            state.done += 1
+            if isinstance(result.get("usage"), dict):
+                state.usage.add(Usage.from_dict(result["usage"]))
+        if on_progress:
+            on_progress(state)
+
+    try:
+        for item in items:
+            item_id = item[key]
+            if item_id in finished:
+                state.skipped_finished += 1
+                continue
+            if item_id in seen:
+                state.duplicates += 1
+                continue
+            seen.add(item_id)
+            while len(in_flight) >= max(1, workers):
+                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            in_flight.add(asyncio.create_task(one(item)))
+            if on_progress:
+                on_progress(state)
+        if in_flight:
+            await asyncio.wait(in_flight)
+    finally:
+        for task in in_flight:
+            task.cancel()
+        results_log.close()
+        failures_log.close()
+    _compact_failures(results_path, failures_path, key)
+    return state
+
+
 async def run_pipeline_async(
     rows: Iterable[dict[str, Any]],
     out_dir: str | os.PathLike[str],
@@ -237,59 +305,18 @@ async def run_pipeline_async(
     client: LLMClient | None = None,
 ) -> dict[str, Any]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path, failures_path = out / RESULTS, out / FAILURES
-    for path in (results_path, failures_path):
-        _repair_tail(path)
-    finished = _compact_failures(results_path, failures_path)
-    results_log, failures_log = AppendLog(results_path), AppendLog(failures_path)
     own_client = client is None
     client = client or LLMClient(cfg.llm)
     state = RunState()
-    seen: set[str] = set()
-    in_flight: set[asyncio.Task] = set()
-
-    async def one(row: dict[str, Any]) -> None:
-        try:
-            result = await process_trace(row, client, cfg, count_tokens)
-        except StageFailure as exc:
-            state.failed += 1
-            failures_log.append({"task_id": row["task_id"], "stage": exc.stage, "error": str(exc), "time": time.time()})
-        except Exception as exc:  # a bug or an unexpected answer must not stop the other traces
-            state.failed += 1
-            failures_log.append({"task_id": row["task_id"], "stage": "internal", "error": f"{type(exc).__name__}: {exc}", "time": time.time()})
-        else:
-            results_log.append(result)
-            state.done += 1
-            state.usage.add(Usage.from_dict(result["usage"]))
-        if on_progress:
-            on_progress(state, client)
-
     try:
-        for row in planned_rows(rows, cfg, state):
-            task_id = row["task_id"]
-            if task_id in finished:
-                state.skipped_finished += 1
-                continue
-            if task_id in seen:
-                state.duplicates += 1
-                continue
-            seen.add(task_id)
-            while len(in_flight) >= max(1, cfg.workers):
-                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            in_flight.add(asyncio.create_task(one(row)))
-            if on_progress:
-                on_progress(state, client)
-        if in_flight:
-            await asyncio.wait(in_flight)
+        await run_resumable(
+            planned_rows(rows, cfg, state), out, lambda row: process_trace(row, client, cfg, count_tokens),
+            workers=cfg.workers, state=state,
+            on_progress=(lambda s: on_progress(s, client)) if on_progress else None,
+        )
     finally:
-        for task in in_flight:
-            task.cancel()
-        results_log.close()
-        failures_log.close()
         if own_client:
             await client.aclose()
-    _compact_failures(results_path, failures_path)
     report = build_report(out, cfg)
     report["this_run"] = {
         "done": state.done,
