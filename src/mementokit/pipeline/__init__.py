@@ -5,7 +5,7 @@ Stages work on plain Python values and can be used alone; `stages.STAGES` is the
 shared output folder; `scale.run_with_executor` runs N such tasks on datatrove's local / Slurm / Ray executors).
 The LLM stages talk to any OpenAI-compatible endpoint through `LLMClient` (the `openai` package, extra
 "pipeline"). Generic parts other packages reuse: `LLMClient` / `LLMConfig`, `ResponseCache`, `OutputFolder`,
-`Run` / `run_items`, `Usage`.
+`Run` / `run_resumable`, `Usage`.
 """
 
 from mementokit.errors import LLMAbort, LLMError, StageFailure
@@ -16,7 +16,7 @@ from mementokit.pipeline.config import PipelineConfig, parse_shard, shard_from_e
 from mementokit.pipeline.estimate import estimate_run, estimate_trace
 from mementokit.pipeline.ledger import OutputFolder
 from mementokit.pipeline.report import RunState, build_report, cost_of
-from mementokit.pipeline.runner import LogLines, Run, run_items, run_pipeline, run_pipeline_async, shard_of
+from mementokit.pipeline.runner import LogLines, Run, run_resumable, run_pipeline, run_pipeline_async, shard_of
 from mementokit.pipeline.score import ScoreConfig, ScoreResult, score_boundaries
 from mementokit.pipeline.segment import Segmentation, optimal_segmentation, segment_brute_force, segmentation_objective
 from mementokit.pipeline.select import PIPELINE_FIELDS, SelectConfig, normalize_row, read_traces, select_rows
@@ -33,6 +33,6 @@ __all__ = [
     "assemble_response", "block_texts", "build_report", "check_round_trip", "cost_of", "estimate_run",
     "estimate_tokens", "estimate_trace", "load_token_counter", "naive_boundary_count", "normalize_row",
     "openmementos_row", "optimal_segmentation", "parse_shard", "process_trace", "read_traces", "request_key",
-    "run_items", "run_pipeline", "run_pipeline_async", "run_stage_file", "score_boundaries", "segment_brute_force",
+    "run_resumable", "run_pipeline", "run_pipeline_async", "run_stage_file", "score_boundaries", "segment_brute_force",
     "segmentation_objective", "select_rows", "shard_from_env", "shard_of", "split_trace",
 ]

@@ -139,14 +139,18 @@ class LLMClient:
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
         return self._semaphore
 
-    def request(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None) -> dict[str, Any]:
+    def request(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, **options: Any) -> dict[str, Any]:
+        """The create() arguments; `options` are more of them (logprobs=True, top_logprobs=20, ...), and an
+        `extra_body` among them is merged over the config's (server-specific fields such as return_token_ids)."""
         cleaned = [{k: _clean_text(v) for k, v in m.items()} for m in messages]
         req: dict[str, Any] = {"model": self.config.model, "messages": cleaned, "temperature": self.config.temperature}
         limit = max_tokens or self.config.max_tokens
         if limit:
             req["max_tokens"] = limit
-        if self.config.extra_body:
-            req["extra_body"] = self.config.extra_body
+        extra_body = {**(self.config.extra_body or {}), **(options.pop("extra_body", None) or {})}
+        req.update(options)
+        if extra_body:
+            req["extra_body"] = extra_body
         return req
 
     async def complete(
@@ -160,9 +164,29 @@ class LLMClient:
     ) -> str:
         """The answer's text. Raises LLMError when the call fails for good, LLMAbort when the endpoint is unusable.
 
-        `usable(text)`: whether the caller can use the answer; an unusable one is returned but not cached.
+        `usable(text)`: whether the caller can use the answer; an unusable one is returned but never cached.
         """
-        req = self.request(messages, max_tokens)
+        response = await self.chat(messages, stage=stage, ledgers=ledgers, max_tokens=max_tokens, cache_if=usable)
+        return str(response["choices"][0]["message"].get("content") or "")
+
+    async def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        stage: str,
+        ledgers: Sequence[Usage] = (),
+        max_tokens: int | None = None,
+        cache_if: Callable[[str], bool] | None = None,
+        require_text: bool = True,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The whole response as a plain dict (choices with logprobs, server extras such as token_ids, usage).
+
+        `options` go into the request (see `request`). A reply with no choices (or, with `require_text`, no text)
+        is a transient fault, retried like a 5xx. The answer is cached when the cache is on, it has text, and
+        `cache_if(content)` holds (default: always). Raises LLMError when the call fails for good.
+        """
+        req = self.request(messages, max_tokens, **options)
         key = request_key(req)
         ledgers = [self.usage, *ledgers]
         if self.cache is not None:
@@ -172,27 +196,24 @@ class LLMClient:
                     s = ledger.stage(stage)
                     s.calls += 1
                     s.cached += 1
-                return str(hit["content"])
+                # entries written before whole responses were cached hold the text only
+                return hit.get("response") or {"choices": [{"index": 0, "message": {"content": hit["content"]}}]}
         attempt = 0
         while True:
             if self.aborted is not None:
                 raise self.aborted
             try:
-                content, prompt_tokens, completion_tokens = await self._attempt(req, stage, ledgers)
+                data, prompt_tokens, completion_tokens = await self._attempt(req, stage, ledgers, require_text)
                 break
-            except MalformedReply as exc:
-                failure: BaseException = exc
             except Exception as exc:  # noqa: BLE001 - classified right below
-                failure = exc
+                failure: BaseException = exc
             wait = self._retry_delay(failure, attempt)
             self._note_failure(failure, transient=wait is not None)
-            if self.aborted is not None:
+            if self.aborted is not None or wait is None or attempt >= self.config.max_retries:
                 for ledger in ledgers:
                     ledger.stage(stage).errors += 1
-                raise self.aborted from failure
-            if wait is None or attempt >= self.config.max_retries:
-                for ledger in ledgers:
-                    ledger.stage(stage).errors += 1
+                if self.aborted is not None:
+                    raise self.aborted from failure
                 raise LLMError(
                     f"{stage} call to {self.url} failed after {attempt + 1} attempt(s): {describe_failure(failure)}"
                 ) from failure
@@ -202,12 +223,17 @@ class LLMClient:
             await asyncio.sleep(wait)
         for ledger in ledgers:
             ledger.stage(stage).calls += 1
-        if self.cache is not None and content.strip() and (usable is None or usable(content)):
-            self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
-        return content
+        content = data["choices"][0].get("message", {}).get("content") or ""
+        if self.cache is not None and content.strip() and (cache_if is None or cache_if(content)):
+            self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens,
+                                 "completion_tokens": completion_tokens, "response": data})
+        return data
 
-    async def _attempt(self, req: dict[str, Any], stage: str, ledgers: Sequence[Usage]) -> tuple[str, int, int]:
-        """One request on the wire: (content, prompt tokens, completion tokens); tokens counted even if unusable."""
+    async def _attempt(
+        self, req: dict[str, Any], stage: str, ledgers: Sequence[Usage], require_text: bool
+    ) -> tuple[dict[str, Any], int, int]:
+        """One request on the wire: (response dict, prompt tokens, completion tokens); tokens counted even when
+        the reply turns out unusable."""
         for ledger in ledgers:
             ledger.stage(stage).requests += 1
         async with self.semaphore:
@@ -216,23 +242,25 @@ class LLMClient:
                 response = await self._client.chat.completions.create(**req)
             finally:
                 self.in_flight -= 1
-        usage = getattr(response, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        if not hasattr(response, "model_dump"):  # a body that is not a JSON object (openai returns the raw text)
+            raise MalformedReply(f"the reply is not a completion object ({type(response).__name__})")
+        data = response.model_dump(mode="json")  # extra fields a server adds are kept
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
         for ledger in ledgers:
             s = ledger.stage(stage)
             s.prompt_tokens += prompt_tokens
             s.completion_tokens += completion_tokens
-        choices = getattr(response, "choices", None)
-        if not choices:
+        choices = data.get("choices")
+        if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
             raise MalformedReply("the reply has no choices")
-        message = getattr(choices[0], "message", None)
-        content = getattr(message, "content", None)
-        if not isinstance(content, str) or not content.strip():
+        content = choices[0]["message"].get("content")
+        if require_text and (not isinstance(content, str) or not content.strip()):
             raise MalformedReply("the reply has no content")
         self.successes += 1
         self._streak.clear()
-        return content, prompt_tokens, completion_tokens
+        return data, prompt_tokens, completion_tokens
 
     def _note_failure(self, exc: BaseException, transient: bool) -> None:
         """Count failures before the first success; abort when `abort_after` of them are all alike and fatal."""

@@ -76,9 +76,10 @@ class FolderLock:
 class OutputFolder:
     """The ledgers of one shard of an output folder, plus read access to every shard's."""
 
-    def __init__(self, root: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)):
+    def __init__(self, root: str | os.PathLike[str], shard: tuple[int, int] = (0, 1), key: str = "task_id"):
         self.root = Path(root)
         self.shard = shard
+        self.key = key  # the field that names an item in results and failures
         suffix = shard_suffix(shard)
         self.results_path = self.root / f"results{suffix}.jsonl"
         self.failures_path = self.root / f"failures{suffix}.jsonl"
@@ -111,7 +112,7 @@ class OutputFolder:
             return
         finished = self.finished_ids()
         records = list(read_ledger(self.failures_path))
-        kept = [f for f in records if f.get("task_id") not in finished]
+        kept = [f for f in records if str(f.get(self.key)) not in finished]
         if len(kept) != len(records):
             write_jsonl_atomic(self.failures_path, kept)
 
@@ -144,15 +145,15 @@ class OutputFolder:
             yield from read_ledger(path)
 
     def finished_ids(self) -> set[str]:
-        return {str(r["task_id"]) for r in self.results() if "task_id" in r}
+        return {str(r[self.key]) for r in self.results() if self.key in r}
 
     def permanent_failures(self) -> dict[str, dict[str, Any]]:
         """Unfinished traces whose LAST recorded failure is permanent: task_id -> that record."""
         finished = self.finished_ids()
         latest: dict[str, dict[str, Any]] = {}
         for record in self.failures():
-            if record.get("task_id") not in finished:
-                latest[str(record["task_id"])] = record
+            if self.key in record and str(record[self.key]) not in finished:
+                latest[str(record[self.key])] = record
         return {t: r for t, r in latest.items() if r.get("permanent")}
 
     def runs(self) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ The input is streamed: at most `workers` traces are in flight, whatever the inpu
 traces whose task_id hashes to i mod N, each shard with its own ledgers in the shared folder, so N tasks (a
 datatrove executor, a Slurm array, N machines) can share one data set and one folder.
 
-Generic: `run_items` drives any per-item coroutine (memory distillation uses it); `run_pipeline_async` is it with
-the pipeline's stages.
+Generic: `run_resumable` drives any per-item coroutine (memory distillation uses it); `run_pipeline_async` is it
+with the pipeline's stages, plus the usage ledger (usage/run-*.json) and report.json.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from mementokit.pipeline.split import estimate_tokens
 from mementokit.pipeline.stages import process_trace
 from mementokit.pipeline.usage import Usage
 
-__all__ = ["LogLines", "Run", "planned_rows", "run_items", "run_pipeline", "run_pipeline_async", "shard_of"]
+__all__ = ["LogLines", "Run", "planned_rows", "run_resumable", "run_pipeline", "run_pipeline_async", "shard_of"]
 
 RUN_RECORD_EVERY_S = 2.0  # how often a run's usage ledger is rewritten while it runs (a kill loses at most this)
 
@@ -139,69 +139,93 @@ class Run:
         return record
 
 
-async def run_items(
-    rows: Iterable[dict[str, Any]],
-    run: Run,
-    work: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-    on_progress: Callable[[RunState, LLMClient], None] | None = None,
-) -> None:
-    """Run `work` over the rows (at most cfg.workers at once), appending results and failures to the ledgers.
+async def run_resumable(
+    items: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike[str],
+    process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    *,
+    workers: int,
+    key: str = "task_id",
+    state: RunState | None = None,
+    on_progress: Callable[[RunState], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+    folder: OutputFolder | None = None,
+) -> RunState:
+    """The resumable core (module docstring): `process(item)` for every item whose `key` is not finished yet.
 
-    Stops scheduling on LLMAbort (raised after the traces in flight end) and on a bad input row (raised after the
-    traces in flight FINISH: they are not cancelled). A trace's StageFailure is recorded and the run goes on.
+    A result (which must carry the item's `key`) is appended to the shard's results file; an exception to its
+    failures file with its stage (an exception's `stage` attribute, else "internal") and `permanent` flag. Items
+    recorded as failing for good are skipped unless `retry_failed`. Scheduling stops on LLMAbort (raised once the
+    items in flight end, which an abort makes immediate) and on an error from `items` itself, e.g. a bad input row
+    (raised after the items in flight FINISH: they are not cancelled). `folder`: an already opened (locked)
+    OutputFolder; by default one is opened (and locked) for `out_dir` / `shard` here.
     """
-    folder, cfg, client, state = run.folder, run.cfg, run.client, run.state
+    own = folder is None
+    if folder is None:
+        folder = OutputFolder(out_dir, shard, key)
+        folder.open()
+    state = state if state is not None else RunState()
+    try:
+        await _run_items(items, folder, process, workers, state, on_progress, retry_failed)
+    finally:
+        if own:
+            folder.compact_failures()
+            folder.close()
+    return state
+
+
+async def _run_items(items, folder: OutputFolder, process, workers: int, state: RunState, on_progress, retry_failed: bool) -> None:
+    key = folder.key
     finished = folder.finished_ids()
-    given_up = {} if cfg.retry_failed else folder.permanent_failures()
+    given_up = {} if retry_failed else folder.permanent_failures()
     seen: set[str] = set()
     in_flight: set[asyncio.Task] = set()
     stop: list[BaseException] = []
     results_log, failures_log = folder.results_log(), folder.failures_log()
 
-    async def one(row: dict[str, Any]) -> None:
+    async def one(item: dict[str, Any]) -> None:
         try:
-            result = await work(row)
+            result = await process(item)
         except LLMAbort as exc:
             stop.append(exc)
             return
-        except StageFailure as exc:
+        except Exception as exc:  # a trace's failure (or a bug) must not stop the other items
             state.failed += 1
-            failures_log.append({"task_id": row["task_id"], "stage": exc.stage, "error": str(exc),
-                                 "permanent": exc.permanent, "time": time.time()})
-        except Exception as exc:  # a bug or an unexpected answer must not stop the other traces
-            state.failed += 1
-            failures_log.append({"task_id": row["task_id"], "stage": "internal", "error": f"{type(exc).__name__}: {exc}",
-                                 "permanent": False, "time": time.time()})
+            stage = getattr(exc, "stage", None)
+            failures_log.append({key: item[key], "stage": stage or "internal",
+                                 "error": str(exc) if stage else f"{type(exc).__name__}: {exc}",
+                                 "permanent": bool(getattr(exc, "permanent", False)), "time": time.time()})
         else:
             results_log.append(result)
             state.done += 1
-            state.usage.add(Usage.from_dict(result.get("usage", {})))
-        run.flush()
+            if isinstance(result.get("usage"), dict):
+                state.usage.add(Usage.from_dict(result["usage"]))
         if on_progress:
-            on_progress(state, client)
+            on_progress(state)
 
     try:
         try:
-            for row in planned_rows(rows, cfg, state):
-                task_id = row["task_id"]
-                if task_id in finished:
+            for item in items:
+                item_id = str(item[key])
+                if item_id in finished:
                     state.skipped_finished += 1
                     continue
-                if task_id in given_up:
+                if item_id in given_up:
                     state.skipped_failed += 1
                     continue
-                if task_id in seen:
+                if item_id in seen:
                     state.duplicates += 1
                     continue
-                seen.add(task_id)
-                while len(in_flight) >= cfg.workers and not stop:
+                seen.add(item_id)
+                while len(in_flight) >= max(1, workers) and not stop:
                     _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 if stop:
                     break
-                in_flight.add(asyncio.create_task(one(row)))
+                in_flight.add(asyncio.create_task(one(item)))
                 if on_progress:
-                    on_progress(state, client)
-        finally:  # a bad input row or an abort: let the traces in flight end (an abort ends them at once)
+                    on_progress(state)
+        finally:  # a bad input row or an abort: let the items in flight end
             if in_flight:
                 await asyncio.wait(in_flight)
     finally:
@@ -236,8 +260,17 @@ async def run_pipeline_async(
             inside = Path(client.cache.directory).resolve().is_relative_to(folder.root.resolve())
             client.cache.sweep(min_age_s=0.0 if inside and cfg.shard[1] == 1 else 600.0)
         run = Run(folder, cfg, client)
+
+        def progress(state: RunState) -> None:
+            run.flush()
+            if on_progress:
+                on_progress(state, client)
+
         try:
-            await run_items(rows, run, lambda row: process_trace(row, client, cfg, count_tokens), on_progress)
+            await run_resumable(
+                planned_rows(rows, cfg, run.state), folder.root, lambda row: process_trace(row, client, cfg, count_tokens),
+                workers=cfg.workers, state=run.state, on_progress=progress, retry_failed=cfg.retry_failed, folder=folder,
+            )
         finally:
             record = run.flush(final=True)
             folder.compact_failures()
