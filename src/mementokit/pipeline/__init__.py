@@ -16,7 +16,7 @@ from mementokit.pipeline.config import PipelineConfig, parse_shard, shard_from_e
 from mementokit.pipeline.estimate import estimate_run, estimate_trace
 from mementokit.pipeline.ledger import OutputFolder
 from mementokit.pipeline.report import RunState, build_report, cost_of
-from mementokit.pipeline.runner import LogLines, Run, run_resumable, run_pipeline, run_pipeline_async, shard_of
+from mementokit.pipeline.runner import LogLines, Run, run_pipeline, run_pipeline_async, run_resumable, shard_of
 from mementokit.pipeline.score import ScoreConfig, ScoreResult, score_boundaries
 from mementokit.pipeline.segment import Segmentation, optimal_segmentation, segment_brute_force, segmentation_objective
 from mementokit.pipeline.select import PIPELINE_FIELDS, SelectConfig, normalize_row, read_traces, select_rows

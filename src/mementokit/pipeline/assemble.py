@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mementokit.format import DEFAULT_MARKERS, Markers, build_response, parse_response
 from mementokit.errors import StageFailure
+from mementokit.format import DEFAULT_MARKERS, Markers, build_response, parse_response
 from mementokit.pipeline.split import THINK_END, think_region
 
 

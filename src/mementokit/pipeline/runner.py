@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from mementokit.errors import InputError, LLMAbort, StageFailure
+from mementokit.errors import InputError, LLMAbort
 from mementokit.jsonl import write_json_atomic
 from mementokit.pipeline.client import LLMClient
 from mementokit.pipeline.config import PipelineConfig

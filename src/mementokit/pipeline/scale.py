@@ -124,8 +124,8 @@ def make_executor(spec: StepSpec, options: ExecutorOptions):
             cpus_per_task=options.cpus_per_task, env_command=options.env_command,
         )
     try:
-        from datatrove.executor.ray import RayPipelineExecutor
         import ray  # noqa: F401
+        from datatrove.executor.ray import RayPipelineExecutor
     except ImportError:
         raise ConfigError("--executor ray needs ray: pip install ray") from None
     return RayPipelineExecutor(**common, cpus_per_task=options.cpus_per_task)

@@ -113,7 +113,7 @@ async def _score_window(
                 ledger.stage("score").reasks += 1
         try:
             answer = await client.complete(
-                asked, stage="score", ledgers=ledgers, usable=lambda text: bool(parse_boundary_scores(text, wanted).scores)
+                asked, stage="score", ledgers=ledgers, usable=lambda text, w=wanted: bool(parse_boundary_scores(text, w).scores)
             )
         except LLMAbort:
             raise

@@ -118,7 +118,7 @@ async def _ask_numbered(
             for ledger in [client.usage, *ledgers]:
                 ledger.stage(stage).reasks += 1
         try:
-            answer = await client.complete(asked, stage=stage, ledgers=ledgers, usable=lambda text: bool(read(text, wanted)))
+            answer = await client.complete(asked, stage=stage, ledgers=ledgers, usable=lambda text, w=wanted: bool(read(text, w)))
         except LLMAbort:
             raise
         except LLMError as exc:
@@ -204,7 +204,7 @@ class Summarizer:
                 break
             last = {n: history[n][-1] for n in pending}
             candidates.update(await self._gather([
-                _ask_numbered(self.client, "refine", lambda ns: self.refine_messages(problem, blocks, sizes, ns, last), group,
+                _ask_numbered(self.client, "refine", lambda ns, last=last: self.refine_messages(problem, blocks, sizes, ns, last), group,
                               _read_mementos, cfg.max_attempts, ledgers)
                 for group in batches(pending, sizes, cfg.batch_tokens)
             ]))
