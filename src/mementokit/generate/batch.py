@@ -180,7 +180,9 @@ class DecodeBatch:
         stats.evictions.extend(done.records)
         stats.record(sequence.position, done.kv.row_length(0))
         params = sequence.params
-        if params.max_cache_tokens is not None and done.kv.row_length(0) >= params.max_cache_tokens:
+        # The prompt's last logits exist already: one token can be sampled even when the cache is exactly full
+        # (its own key/value is never stored). Only a prompt larger than the cap gives none.
+        if params.max_cache_tokens is not None and done.kv.row_length(0) > params.max_cache_tokens:
             sequence.finish("cache_full")
         elif len(sequence.generated) >= params.max_new_tokens:
             sequence.finish("length")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from mementokit.blocks import BlockMaskingConfig
 from mementokit.errors import ConfigError
@@ -243,7 +243,7 @@ def block_masking_override(body: dict, server) -> BlockMaskingConfig | None:
         raise RequestError("'vllm_xargs' must be an object of block-masking keys", "vllm_xargs")
     if not xargs:
         return None
-    known = set(BlockMaskingConfig().to_dict())
+    known = {f.name for f in fields(BlockMaskingConfig)}
     unknown = sorted(set(xargs) - known)
     if unknown:
         raise RequestError(f"vllm_xargs: unknown key(s) {', '.join(repr(k) for k in unknown)}; this server takes "
