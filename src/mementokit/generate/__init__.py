@@ -12,13 +12,13 @@ Finished blocks leave every layer's key and value tensors for real at their evic
 their original positions. Sliding-window models get explicit masks over logical positions.
 """
 
-from mementokit.generate.cache import PhysicalKVCache
+from mementokit.generate.batch import DecodeBatch, DecodeSequence, IncrementalDecoder, TokenLogprob, TokenStep
+from mementokit.generate.cache import PhysicalKVCache, RowKV
 from mementokit.generate.engine import EvictingRunner, check_markers, load_block_masking
 from mementokit.generate.generator import (
     BlockMaskedGenerator,
     GenerationResult,
     GenerationStream,
-    IncrementalDecoder,
     TokenEvent,
     chat_prompt,
 )
@@ -29,6 +29,8 @@ from mementokit.generate.stats import CacheStats, EvictionRecord
 __all__ = [
     "BlockMaskedGenerator",
     "CacheStats",
+    "DecodeBatch",
+    "DecodeSequence",
     "EvictingRunner",
     "EvictionRecord",
     "GenerationResult",
@@ -36,9 +38,12 @@ __all__ = [
     "IncrementalDecoder",
     "PhysicalKVCache",
     "ReplayResult",
+    "RowKV",
     "RowSampler",
     "SamplingParams",
     "TokenEvent",
+    "TokenLogprob",
+    "TokenStep",
     "chat_prompt",
     "check_markers",
     "dense_reference_logits",
