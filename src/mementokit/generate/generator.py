@@ -17,13 +17,12 @@ one): rows are prefilled one at a time, join one batch, and leave it as they fin
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 from mementokit.blocks import MarkerIds
 from mementokit.errors import ConfigError
-from mementokit.format.chat import chat_prompt_ids as chat_prompt
-from mementokit.generate.batch import DecodeBatch, DecodeSequence, IncrementalDecoder
+from mementokit.generate.batch import DecodeBatch, DecodeSequence
 from mementokit.generate.engine import (
     EvictingRunner,
     check_markers,
@@ -110,11 +109,11 @@ class BlockMaskedGenerator:
             pass
         return stream.results
 
-    def stream(self, prompt, params: SamplingParams | None = None, **options) -> "GenerationStream":
+    def stream(self, prompt, params: SamplingParams | None = None, **options) -> GenerationStream:
         """Iterate TokenEvent(token_id, text) for one prompt; `.results[0]` holds the final result afterwards."""
         return GenerationStream(self, [prompt], params or SamplingParams(), single=True, **options)
 
-    def stream_batch(self, prompts: Sequence, params: SamplingParams | None = None, **options) -> "GenerationStream":
+    def stream_batch(self, prompts: Sequence, params: SamplingParams | None = None, **options) -> GenerationStream:
         """Iterate (row, TokenEvent) for several prompts; `.results` holds the final results afterwards."""
         return GenerationStream(self, list(prompts), params or SamplingParams(), single=False, **options)
 
