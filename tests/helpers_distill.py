@@ -38,10 +38,15 @@ class Teacher:
     tokenizer: object
 
 
-def build_teacher(tmp_path, *, seed: int = 0) -> Teacher:
-    """A tiny Qwen3 over the tests' byte-level BPE tokenizer, saved (weights + tokenizer) in tmp_path/teacher."""
+def build_teacher(tmp_path, *, seed: int = 0, sharpness: float = 4.0) -> Teacher:
+    """A tiny Qwen3 over the tests' byte-level BPE tokenizer, saved (weights + tokenizer) in tmp_path/teacher.
+
+    `sharpness` scales the output layer: a random model is nearly uniform over its vocabulary, a real one is not
+    (at 4, the top 20 hold about 99 % of the mass and the top 1 about 70 %)."""
     tokenizer = build_tiny_tokenizer(tmp_path)
     model = build_tiny_model("qwen3", len(tokenizer), seed=seed, eos_token_id=tokenizer.eos_token_id)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
     folder = Path(tmp_path) / "teacher"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -85,13 +90,18 @@ class ServerStats:
     in_flight: int = 0
     max_in_flight: int = 0
     latency_s: float = 0.0
+    top_limit: int | None = None  # send at most this many top logprobs, whatever was asked (a faulty server)
+    raw_strings: bool = False  # token strings as raw vocabulary entries ("Ġthe", Tokasaurus) instead of decoded
     generated: list[list[int]] = field(default_factory=list)  # every completion's ids, stop token included
+    generated_top: list[list[list[int]]] = field(default_factory=list)  # and its top-k ids per token
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _token_text(tokenizer, token_id: int, as_ids: bool) -> str:
+def _token_text(tokenizer, token_id: int, as_ids: bool, raw: bool) -> str:
     # vLLM's decoded strings are lossy: a lone byte of a multi-byte character decodes to U+FFFD.
-    return f"token_id:{token_id}" if as_ids else tokenizer.decode([token_id])
+    if as_ids:
+        return f"token_id:{token_id}"
+    return tokenizer.convert_ids_to_tokens(token_id) if raw else tokenizer.decode([token_id])
 
 
 @torch.no_grad()
@@ -154,16 +164,18 @@ def make_app(teacher: Teacher, stats: ServerStats, lock: threading.Lock) -> Fast
             ids, chosen, top_ids, top_lps = await asyncio.to_thread(run)
             with stats.lock:
                 stats.generated.append(list(ids))
+                stats.generated_top.append([row[:k] for row in top_ids])
+            shown = min(k, stats.top_limit) if stats.top_limit is not None else k
             as_ids = bool(body.get("return_tokens_as_token_ids"))
             text_ids = ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids
             choice = {"index": 0, "message": {"role": "assistant", "content": tokenizer.decode(text_ids)},
                       "finish_reason": "stop" if len(text_ids) < len(ids) else "length"}
             if body.get("logprobs"):
                 choice["logprobs"] = {"content": [
-                    {"token": _token_text(tokenizer, t, as_ids), "logprob": lp,
+                    {"token": _token_text(tokenizer, t, as_ids, stats.raw_strings), "logprob": lp,
                      "bytes": list(tokenizer.decode([t]).encode("utf-8")),
-                     "top_logprobs": [{"token": _token_text(tokenizer, j, as_ids), "logprob": v}
-                                      for j, v in zip(tids[:k], tlps[:k])]}
+                     "top_logprobs": [{"token": _token_text(tokenizer, j, as_ids, stats.raw_strings), "logprob": v}
+                                      for j, v in zip(tids[:shown], tlps[:shown])]}
                     for t, lp, tids, tlps in zip(ids, chosen, top_ids, top_lps)]}
             response = {"id": "chatcmpl-teacher", "object": "chat.completion", "created": int(time.time()),
                         "model": body.get("model", "teacher"), "choices": [choice],
@@ -181,10 +193,11 @@ def make_app(teacher: Teacher, stats: ServerStats, lock: threading.Lock) -> Fast
 
 
 @contextlib.contextmanager
-def serve_teacher(teacher: Teacher, *, latency_s: float = 0.0):
+def serve_teacher(teacher: Teacher, *, latency_s: float = 0.0, top_limit: int | None = None,
+                  raw_strings: bool = False):
     """Serve the teacher on 127.0.0.1 (a free port) in a background thread; yields (base URL …/v1, stats)."""
     torch.set_num_threads(1)
-    stats = ServerStats(latency_s=latency_s)
+    stats = ServerStats(latency_s=latency_s, top_limit=top_limit, raw_strings=raw_strings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

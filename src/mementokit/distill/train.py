@@ -108,8 +108,8 @@ def load_examples(path: str | Path, tokenizer, *, max_length: int | None = None)
 
 def example_loss(model, example: DistillExample, device: torch.device) -> torch.Tensor:
     """Sum over the example's completion tokens of sum_j -p_teacher(j) log q_student(j) (not yet averaged)."""
-    input_ids = torch.tensor([example.input_ids[:-1]], device=device)  # the last token predicts nothing we keep
-    logits = model(input_ids=input_ids, use_cache=False).logits[0]  # [L - 1, V]
+    input_ids = torch.tensor([example.input_ids], device=device)  # [1, L]
+    logits = model(input_ids=input_ids, use_cache=False).logits[0]  # [L, V]
     token_idx = torch.from_numpy(example.token_idx).to(device)  # [N]
     positions = student_positions(example.prompt_length, token_idx)  # [N]
     log_q = torch.log_softmax(logits.float(), dim=-1)[positions, torch.from_numpy(example.token_id).to(device)]
