@@ -182,7 +182,11 @@ def conversation_row(row: dict[str, Any], tokenizer, *, min_prob_mass: float, ma
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InputError("row has no messages list", path=path, line=line, field="messages")
-    out_messages = []
+    metadata = row.get("metadata")
+    if not isinstance(metadata, dict) or not metadata:
+        raise InputError("metadata must be a non-empty object (an empty struct cannot be written)", path=path,
+                         line=line, field="metadata")
+    out_messages, counted = [], []  # counted: figures added to stats once the whole row is good
     vocab = len(tokenizer)
     for m, message in enumerate(messages):
         where = _Where(path, line, f"messages[{m}]")
@@ -204,22 +208,20 @@ def conversation_row(row: dict[str, Any], tokenizer, *, min_prob_mass: float, ma
                                                  "(another tokenizer than the teacher's?)")
         flat = flatten_top_logprobs(dense_lp, dense_id, min_prob_mass)
         mass = np.bincount(flat.token_idx, weights=np.exp(flat.logprobs.astype(np.float64)), minlength=len(ids))
-        stats.assistant_tokens += len(ids)
-        stats.kept_entries += len(flat.token_idx)
+        counted.append((len(ids), len(flat.token_idx), mass, mapped))
+        out_messages.append({"content": message["content"], "role": "assistant", "token_ids": ids,
+                             "top_logprobs": {"token_idx": flat.token_idx, "token_id": flat.token_id,
+                                              "logprobs": flat.logprobs, "shape": list(flat.shape)}})
+    system_prompt = row.get("system_prompt")
+    if system_prompt is None:
+        system_prompt = next((m["content"] for m in messages if m.get("role") == "system"), "")
+    for tokens, kept, mass, mapped in counted:
+        stats.assistant_tokens += tokens
+        stats.kept_entries += kept
         stats.mass_kept_sum += float(mass.sum())
         stats.mass_kept_min = min(stats.mass_kept_min, float(mass.min()))
         stats.rows_below_threshold += int((mass < min_prob_mass - 1e-6).sum())
         stats.ids_from_strings += int(mapped)
-        out_messages.append({"content": message["content"], "role": "assistant", "token_ids": ids,
-                             "top_logprobs": {"token_idx": flat.token_idx, "token_id": flat.token_id,
-                                              "logprobs": flat.logprobs, "shape": list(flat.shape)}})
-    metadata = row.get("metadata")
-    if not isinstance(metadata, dict) or not metadata:
-        raise InputError("metadata must be a non-empty object (an empty struct cannot be written)", path=path,
-                         line=line, field="metadata")
-    system_prompt = row.get("system_prompt")
-    if system_prompt is None:
-        system_prompt = next((m["content"] for m in messages if m.get("role") == "system"), "")
     return {"messages": out_messages, "system_prompt": str(system_prompt), "metadata": metadata,
             "type": str(row.get("type") or "memory_distillation")}
 
