@@ -124,7 +124,8 @@ def _llm_config(config: GenerateConfig):
 async def teacher_row(prompt: dict[str, Any], client, config: GenerateConfig) -> dict[str, Any]:
     """Ask the teacher for one sample; the intermediate row (raises TeacherError / LLMError)."""
     started = time.perf_counter()
-    response = await client.chat(prompt["messages"], stage="teacher",
+    # a reply of just the stop token has no text: it is still an answer
+    response = await client.chat(prompt["messages"], stage="teacher", require_text=False,
                                  **request_options(config.top_logprobs, config.id_source))
     assistant = assistant_message(response, config.top_logprobs)
     usage = response.get("usage") or {}
