@@ -2,7 +2,8 @@
 
     from mementokit.generate import BlockMaskedGenerator, SamplingParams, chat_prompt, replay
 
-    generator = BlockMaskedGenerator(model, tokenizer, '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}')
+    config = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
+    generator = BlockMaskedGenerator(model, tokenizer, config)
     result = generator.generate(chat_prompt(tokenizer, "Prove that ..."), SamplingParams(max_new_tokens=4096))
     result.text, result.stats.peak_tokens, result.stats.peak_bytes, result.stats.evictions
 

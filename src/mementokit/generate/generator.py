@@ -1,6 +1,7 @@
 """Block-masked generation with any transformers causal LM that uses the standard (dynamic) cache.
 
-    generator = BlockMaskedGenerator(model, tokenizer, '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}')
+    config = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
+    generator = BlockMaskedGenerator(model, tokenizer, config)
     result = generator.generate(chat_prompt(tokenizer, "What is 2 + 2?"), SamplingParams(max_new_tokens=512))
     result.text, result.stats.peak_tokens, result.stats.evictions
 

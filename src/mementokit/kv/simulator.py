@@ -11,8 +11,9 @@ so a replay costs one pass of numpy over the ids (to find marker positions) plus
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,6 @@ from mementokit.blocks.state import BlockStateMachine, Eviction
 from mementokit.blocks.tokens import MarkerIds, add_block_markers, resolve_marker_ids
 from mementokit.format.chat import render_chat
 from mementokit.kv.model_memory import GIB, KVMemoryModel
-
 
 
 # ---- curves ---------------------------------------------------------------------------------------------------
