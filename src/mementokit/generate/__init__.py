@@ -13,6 +13,7 @@ Finished blocks leave every layer's key and value tensors for real at their evic
 their original positions. Sliding-window models get explicit masks over logical positions.
 """
 
+from mementokit.format.chat import chat_prompt_ids as chat_prompt  # the one prompt builder, re-exported
 from mementokit.generate.batch import DecodeBatch, DecodeSequence, IncrementalDecoder, TokenLogprob, TokenStep
 from mementokit.generate.cache import PhysicalKVCache, RowKV
 from mementokit.generate.engine import EvictingRunner, check_markers, load_block_masking
@@ -21,7 +22,6 @@ from mementokit.generate.generator import (
     GenerationResult,
     GenerationStream,
     TokenEvent,
-    chat_prompt,
 )
 from mementokit.generate.replay import ReplayResult, dense_reference_logits, replay
 from mementokit.generate.sampling import RowSampler, SamplingParams, filter_logits
