@@ -176,7 +176,7 @@ def test_a_lone_surrogate_in_a_trace_is_no_internal_error(tmp_path):
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     source = write_input(tmp_path / "in.jsonl", trace_variants(2))
     out = tmp_path / "out"
-    script = Script(latency_s=0.2)
+    script = Script(latency_s=0.1)
     with running_server(script) as url:
         cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(out),
                "--model", "m", "--base-url", url, "--api-key", "x"]
