@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers_llm_server import Script, running_server  # noqa: E402
-
 from mementokit.pipeline.client import LLMConfig  # noqa: E402
-from mementokit.pipeline.runner import PipelineConfig, read_jsonl, run_pipeline  # noqa: E402
+from mementokit.jsonl import read_ledger as read_jsonl  # noqa: E402
+from mementokit.pipeline.config import PipelineConfig  # noqa: E402
+from mementokit.pipeline.runner import run_pipeline  # noqa: E402
 from mementokit.pipeline.score import ScoreConfig  # noqa: E402
 from mementokit.pipeline.segment import optimal_segmentation, segmentation_objective  # noqa: E402
 from mementokit.pipeline.select import read_traces  # noqa: E402

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from mementokit.pipeline.parsing import find_json, parse_boundary_scores, parse_numbered_sections, parse_verdict, parse_verdicts
+from mementokit.pipeline.parsing import (
+    find_json,
+    parse_boundary_scores,
+    parse_numbered_sections,
+    parse_verdict,
+    parse_verdicts,
+)
 
 
 def test_scores_inside_prose_and_a_fence_after_a_think_preamble():

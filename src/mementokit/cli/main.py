@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "mementokit.cli.generation",
     "mementokit.cli.pipeline",
     "mementokit.cli.sft",
+    "mementokit.cli.serve",
 ]
 
 for _name in COMMAND_MODULES:
