@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "mementokit.cli.pipeline",
     "mementokit.cli.sft",
     "mementokit.cli.serve",
+    "mementokit.cli.distill",
 ]
 
 for _name in COMMAND_MODULES:
