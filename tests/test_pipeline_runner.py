@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_llm_server import Fault, Script, running_server
+from helpers_llm_server import Fault, Script, running_server, trace_variants
 from mementokit.format import parse_response
 from mementokit.jsonl import read_ledger as read_jsonl
 from mementokit.jsonl import repair_tail as _repair_tail
@@ -134,7 +134,7 @@ def count_lines(path: Path) -> int:
 
 
 def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_path):
-    rows = variants(8)
+    rows = trace_variants(8)
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
@@ -165,3 +165,4 @@ def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_pa
     assert sorted(ids) == sorted(r["task_id"] for r in rows)  # none lost, none twice
     assert report["traces"] == 8 and report["failed_traces"] == 0
     assert kills >= 2
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left by the kills

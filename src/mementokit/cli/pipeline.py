@@ -198,7 +198,7 @@ def _closing(report: dict[str, Any], out: Path) -> str:
     return (
         f"done {run['done']}, failed {run['failed']}, skipped (finished before) {run['skipped_finished']}, "
         f"skipped (failing for good; --retry-failed) {run.get('skipped_failed', 0)} in {run['seconds']} s "
-        f"({run['traces_per_min']} traces/min)\n"
+        f"({run['traces_per_min']} traces/min), bad input rows skipped {run.get('bad_rows', 0)}\n"
         f"this run: {u['requests']} requests ({u['retries']} retries, {u['reasks']} re-asks, {u['cached']} cached), "
         f"{u['prompt_tokens']:,} prompt + {u['completion_tokens']:,} completion tokens, ${run['cost']:.4f}\n"
         f"all of {out}: {report['traces']} traces, {report['failed_traces']} failed {report['failures_by_stage']}, "
@@ -221,9 +221,12 @@ def _execute(input: str, kw: dict[str, Any], cfg, count_tokens) -> dict[str, Any
                                   partition=kw["partition"], time=kw["time"])
         spec = StepSpec(input, str(kw["out"]), cfg, kw["tokenizer"], read, kw["log_every"])
         return run_with_executor(spec, options)
-    rows = read_traces(input, skip_bad=cfg.skip_bad, **read)
+    from mementokit.io.stats import ReadStats
+
+    stats = ReadStats()
+    rows = read_traces(input, skip_bad=cfg.skip_bad, stats=stats, **read)
     with _Progress(cfg, kw["limit"], kw["log_every"]) as progress:
-        return run_pipeline(rows, kw["out"], cfg, count_tokens=count_tokens, on_progress=progress)
+        return run_pipeline(rows, kw["out"], cfg, count_tokens=count_tokens, on_progress=progress, input_stats=stats)
 
 
 @_command("run", "Raw traces: JSONL / Parquet file, folder, or hub id.", "out", *LLM, "traces_in_flight", "limit",

@@ -277,6 +277,7 @@ class LLMClient:
                 f"stopping: the first {len(self._streak)} calls to {self.url} all failed with {self._streak[-1]} "
                 "(check --base-url, --api-key and --model)"
             )
+            self.aborted.signature = self._streak[-1]
 
     def _retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before retrying `exc`, or None when it must not be retried."""

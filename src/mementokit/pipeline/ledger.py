@@ -116,6 +116,16 @@ class OutputFolder:
         if len(kept) != len(records):
             write_jsonl_atomic(self.failures_path, kept)
 
+    def forget_failures(self, since: float, containing: str) -> None:
+        """Drop this shard's failure records written at or after `since` whose error contains `containing` (the
+        traces an aborted run failed on the way to its abort: the endpoint's fault, not theirs)."""
+        if not self.failures_path.exists():
+            return
+        records = list(read_ledger(self.failures_path))
+        kept = [f for f in records if not (f.get("time", 0) >= since and containing in str(f.get("error", "")))]
+        if len(kept) != len(records):
+            write_jsonl_atomic(self.failures_path, kept)
+
     def new_run_file(self) -> Path:
         self.usage_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -105,8 +105,8 @@ def _subtract(total: Usage, base: dict[str, Any]) -> Usage:
 class Run:
     """One run over one shard: the ledgers, the usage record, the state."""
 
-    def __init__(self, folder: OutputFolder, cfg: PipelineConfig, client: LLMClient):
-        self.folder, self.cfg, self.client = folder, cfg, client
+    def __init__(self, folder: OutputFolder, cfg: PipelineConfig, client: LLMClient, input_stats: Any = None):
+        self.folder, self.cfg, self.client, self.input_stats = folder, cfg, client, input_stats
         self.state = RunState()
         self.base = client.usage.to_dict()
         self.run_file = folder.new_run_file()
@@ -122,7 +122,8 @@ class Run:
         record = {
             "started_at": self.started_at, "pid": os.getpid(), "model": self.cfg.llm.model, "shard": list(self.cfg.shard), "finished": final,
             "done": s.done, "failed": s.failed, "skipped_finished": s.skipped_finished,
-            "skipped_failed": s.skipped_failed, "duplicates_in_input": s.duplicates, "bad_rows": s.bad_rows,
+            "skipped_failed": s.skipped_failed, "duplicates_in_input": s.duplicates,
+            "bad_rows": s.bad_rows + (self.input_stats.rows_skipped if self.input_stats is not None else 0),
             "rejected": s.rejected, "seconds": round(time.monotonic() - s.started, 3),
             "traces_per_min": round(s.rate_per_min(), 2), "llm": usage.to_dict(),
             "cost": round(cost_of(usage, self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok), 6),
@@ -245,11 +246,13 @@ async def run_pipeline_async(
     count_tokens: Callable[[str], int] = estimate_tokens,
     on_progress: Callable[[RunState, LLMClient], None] | None = None,
     client: LLMClient | None = None,
+    input_stats: Any = None,
 ) -> dict[str, Any]:
     """Process every row of this shard into out_dir; returns the report (also written to out_dir/report.json).
 
     Raises LLMAbort when the endpoint refuses every call alike, InputError on a bad input row (without skip_bad),
     ConfigError when another run holds this shard of the folder; the report and usage ledger are written first.
+    `input_stats`: the io.ReadStats the rows were read with (its skipped rows are reported as bad rows).
     """
     folder = OutputFolder(out_dir, cfg.shard)
     folder.open()
@@ -259,18 +262,22 @@ async def run_pipeline_async(
         if client.cache is not None:  # temp files of a killed writer; inside our locked folder nobody else writes
             inside = Path(client.cache.directory).resolve().is_relative_to(folder.root.resolve())
             client.cache.sweep(min_age_s=0.0 if inside and cfg.shard[1] == 1 else 600.0)
-        run = Run(folder, cfg, client)
+        run = Run(folder, cfg, client, input_stats)
 
         def progress(state: RunState) -> None:
             run.flush()
             if on_progress:
                 on_progress(state, client)
 
+        since = time.time()
         try:
             await run_resumable(
                 planned_rows(rows, cfg, run.state), folder.root, lambda row: process_trace(row, client, cfg, count_tokens),
                 workers=cfg.workers, state=run.state, on_progress=progress, retry_failed=cfg.retry_failed, folder=folder,
             )
+        except LLMAbort as abort:
+            folder.forget_failures(since, getattr(abort, "signature", str(abort)))
+            raise
         finally:
             record = run.flush(final=True)
             folder.compact_failures()

@@ -60,9 +60,12 @@ def run_shard(spec: StepSpec, rank: int, world_size: int) -> dict[str, Any]:
 
     cfg = replace(spec.cfg, shard=(rank, world_size))
     count_tokens, _ = load_token_counter(spec.tokenizer)
-    rows = read_traces(spec.source, skip_bad=cfg.skip_bad, **spec.read_options)
+    from mementokit.io.stats import ReadStats
+
+    stats = ReadStats()
+    rows = read_traces(spec.source, skip_bad=cfg.skip_bad, stats=stats, **spec.read_options)
     progress = LogLines(cfg, spec.log_every_s, prefix=f"task {rank}/{world_size}")
-    return run_pipeline(rows, spec.out_dir, cfg, count_tokens=count_tokens, on_progress=progress)
+    return run_pipeline(rows, spec.out_dir, cfg, count_tokens=count_tokens, on_progress=progress, input_stats=stats)
 
 
 class MementoPipelineStep(_StepBase or object):  # type: ignore[misc]

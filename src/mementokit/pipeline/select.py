@@ -170,5 +170,9 @@ def read_traces(
         except InputError as exc:
             if not skip_bad:
                 raise
+            stats.rows_skipped += 1
+            stats.skipped_by_kind["unmappable"] += 1
+            if len(stats.examples) < stats.max_examples:
+                stats.examples.append(str(exc))
             if on_bad is not None:
                 on_bad(exc)
