@@ -109,7 +109,9 @@ def rejection_reason(row: dict[str, Any], config: SelectConfig) -> str | None:
     return None
 
 
-def select_rows(rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+def select_rows(
+    rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """Normalised rows that pass the filters; with per_stratum, a seeded sample of each stratum.
 
     Without sampling this streams; with it, it holds `per_stratum` rows per stratum (reservoir sampling).
