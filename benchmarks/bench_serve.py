@@ -256,8 +256,8 @@ def part_http(args, tokenizer) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", type=int, default=16, help="sample traces to serve (41 in the sample)")
-    parser.add_argument("--max-response-tokens", type=int, default=3072, help="truncate responses (0: whole)")
+    parser.add_argument("--traces", type=int, default=8, help="sample traces to serve (41 in the sample)")
+    parser.add_argument("--max-response-tokens", type=int, default=2048, help="truncate responses (0: whole)")
     parser.add_argument("--max-cache-tokens", type=int, default=0, help="budget (default: a quarter of the logical "
                                                                         "total, at least the longest request)")
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -266,7 +266,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--http-requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--http-requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument("--http-tokens", type=int, default=8, help="tokens per HTTP request")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--json", action="store_true")

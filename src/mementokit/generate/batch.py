@@ -173,7 +173,7 @@ class DecodeBatch:
         sequence.machine = self.new_machine(sequence)
         done = self.runner.prefill(sequence.ids, sequence.machine, keep_all_logits=keep_all_logits,
                                    chunk_size=self.prefill_chunk_size)
-        sequence.logits = done.logits[-1]
+        sequence.logits = done.logits[-1].cpu()
         stats = sequence.stats
         stats.bytes_per_token = done.kv.bytes_per_token()
         self._count(done.records)
@@ -286,12 +286,13 @@ class DecodeBatch:
         if self.sequences:
             logits = self.runner.step(self.kv, [s.ids[-1] for s in self.sequences],
                                       [s.position - 1 for s in self.sequences])
+            logits = logits.cpu()  # one transfer per step; sampling and processors run on the host, row by row
             for b, sequence in enumerate(self.sequences):
                 sequence.logits = logits[b]
         for sequence, row, evictions in taken:
             single = PhysicalKVCache.single(row)
-            sequence.logits, records = self.runner.restart_step(single, sequence.ids, evictions,
-                                                                sequence.position - 1)
+            logits, records = self.runner.restart_step(single, sequence.ids, evictions, sequence.position - 1)
+            sequence.logits = logits.cpu()
             sequence.stats.evictions.extend(records)
             self._count(records)
             self.kv.add_row(single.take_row(0))

@@ -162,14 +162,6 @@ class PhysicalKVCache:
         """Bytes of the live window of every row (padding included): what the attention reads each step."""
         return self.batch_size * self.physical_length * self.bytes_per_token()
 
-    def allocated_bytes(self) -> int:
-        """Bytes the preallocated buffers hold (capacity, not use)."""
-        total = 0
-        for layer in self._layers():
-            total += layer.key_buf.numel() * layer.key_buf.element_size()
-            total += layer.value_buf.numel() * layer.value_buf.element_size()
-        return total
-
     # ----- capacity -----
     def _fit(self, rows: int, columns: int) -> None:
         for layer in self._layers():
@@ -262,10 +254,6 @@ class PhysicalKVCache:
         self._trim()
         return removed
 
-    def compact(self) -> None:
-        """Drop the padding columns every row shares (done after every eviction and departure already)."""
-        self._trim()
-
     # ----- rows joining and leaving -----
     def take_row(self, row: int) -> RowKV:
         """Copy one row out (without its padding)."""
@@ -314,44 +302,9 @@ class PhysicalKVCache:
         self.pad.pop()
         self._trim()
 
-    def replace_row(self, row: int, new: RowKV) -> None:
-        """Put a row back after it was processed on its own (a restart recompute); the other rows keep their
-        slots, and the new contents go to slot `row`."""
-        n = len(new.positions)
-        width = self.hi - self.lo
-        if n > width:
-            extra = n - width
-            if self.lo < extra:
-                self._move_window(extra)
-            self.lo -= extra
-            self.pad = [p + extra for p in self.pad]
-        for layer, k, v in zip(self._layers(), new.keys, new.values):
-            layer.key_buf[row, :, self.hi - n : self.hi] = k[0]
-            layer.value_buf[row, :, self.hi - n : self.hi] = v[0]
-        if n:
-            self.pos[row, self.hi - n : self.hi] = torch.tensor(new.positions, dtype=torch.long)
-        self.pad[row] = self.hi - self.lo - n
-        self._trim()
-
-    def keep_rows(self, rows: list[int]) -> None:
-        """Keep only `rows`, in that order (a general reorder: copies the kept rows once)."""
-        if rows == list(range(self.batch_size)):
-            return
-        taken = [self.take_row(r) for r in rows]
-        self.pad = []
-        self.lo = self.hi = 0
-        for row in taken:
-            self.add_row(row)
-
-    @classmethod
-    def from_rows(cls, rows: list[RowKV]) -> PhysicalKVCache:
-        """Merge single rows into one left-padded batch."""
-        longest = max((len(r.positions) for r in rows), default=0)
-        merged = cls(rows=len(rows) or 1, columns=max(longest, 1) * 2)
-        for row in rows:
-            merged.add_row(row)
-        return merged
-
     @classmethod
     def single(cls, row: RowKV) -> PhysicalKVCache:
-        return cls.from_rows([row])
+        """A one-row cache holding `row` (a restart recompute runs on it alone)."""
+        single = cls(rows=1, columns=max(2 * len(row.positions), 16))
+        single.add_row(row)
+        return single
