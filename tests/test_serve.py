@@ -374,3 +374,15 @@ def test_load_server_serves_a_saved_model_under_its_folder_name(tmp_path, server
                                       device="cpu"))
     assert loaded.model_name == "my-memento" and loaded.engine.max_cache_tokens == 512
     assert loaded.engine.config.enable and loaded.engine.markers == server.engine.markers
+
+
+def test_api_key_guards_the_v1_routes_only(server):
+    from fastapi.testclient import TestClient
+
+    from mementokit.serve import Server
+
+    guarded = TestClient(Server(server.engine, server.tokenizer, model_name="tiny", api_key="sesame").app)
+    refused = guarded.get("/v1/models")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == 401
+    assert guarded.get("/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+    assert guarded.get("/health").status_code == 200
