@@ -12,11 +12,16 @@
    reference's DP (dp[i][k] keeping one partial statistic per state: heuristic, not exact) at 200
    sentences (it grows ~n^3.5: the paper quotes ~62 s at 920 sentences).
 3. Traces per minute against the local server with 100 ms latency per call at 1, 8 and 32 concurrent calls.
+4. Against a FAULTY server (15 % of requests: 429 with Retry-After, 500, 503, a truncated body, empty choices, a
+   hang past the 1 s timeout, a dropped connection; 100 ms per call): traces/min, requests and prompt tokens per
+   trace (every attempt counted) at 8 and 32 concurrent calls, and with the datatrove local executor at 2 tasks;
+   each against the same run on a clean server (the baseline measured here).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -30,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers_llm_server import Script, running_server  # noqa: E402
-
+from mementokit.jsonl import read_ledger as read_jsonl  # noqa: E402
 from mementokit.pipeline.client import LLMConfig  # noqa: E402
-from mementokit.pipeline.runner import PipelineConfig, read_jsonl, run_pipeline  # noqa: E402
+from mementokit.pipeline.config import PipelineConfig  # noqa: E402
+from mementokit.pipeline.runner import run_pipeline  # noqa: E402
+from mementokit.pipeline.scale import ExecutorOptions, StepSpec, run_with_executor  # noqa: E402
 from mementokit.pipeline.score import ScoreConfig  # noqa: E402
 from mementokit.pipeline.segment import optimal_segmentation, segmentation_objective  # noqa: E402
 from mementokit.pipeline.select import read_traces  # noqa: E402
@@ -200,6 +207,44 @@ def bench_throughput(concurrencies, traces: int) -> None:
               f"max {script.max_in_flight} in flight) -> {per_min / base:.1f}x concurrency 1")
 
 
+def _faulty_run(rows, concurrency: int, fault_rate: float, tasks: int = 0) -> tuple[dict, Script, float]:
+    script = Script(latency_s=0.1, fault_rate=fault_rate, slow_s=2.0, seed=11)
+    with running_server(script) as url, tempfile.TemporaryDirectory() as out:
+        llm = LLMConfig(model="scripted", base_url=url, api_key="x", max_concurrency=concurrency // max(1, tasks),
+                        timeout_s=1.0, max_retries=8, backoff_base_s=0.5, backoff_max_s=4.0)
+        cfg = PipelineConfig(llm=llm, workers=8)
+        t0 = time.perf_counter()
+        if tasks:
+            src = Path(out) / "in.jsonl"
+            src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            spec = StepSpec(str(src), str(Path(out) / "out"), cfg, log_every_s=1e9)
+            report = run_with_executor(spec, ExecutorOptions("local", tasks=tasks, workers=tasks))
+        else:
+            report = run_pipeline(rows, out, cfg)
+        elapsed = time.perf_counter() - t0
+    return report, script, elapsed
+
+
+def bench_faulty(traces: int) -> None:
+    print(f"\n== 4. A faulty server (15 % faults of 7 kinds, 100 ms per call, 1 s timeout), {traces} traces ==")
+    rows = fixture_variants(traces)
+    for label, concurrency, tasks in (("8 concurrent calls", 8, 0), ("32 concurrent calls", 32, 0),
+                                      ("datatrove, 2 tasks x 16", 32, 2)):
+        figures = []
+        for rate in (0.0, 0.15):
+            report, script, elapsed = _faulty_run(rows, concurrency, rate, tasks)
+            n = max(1, report["traces"])
+            faults = sum(v for k, v in script.statuses.items() if k != "200")
+            figures.append((60 * report["traces"] / elapsed, script.requests / n, script.prompt_tokens / n))
+            print(f"   {label:24s} faults {rate:4.0%}: {figures[-1][0]:6.1f} traces/min, {report['traces']}/{len(rows)} "
+                  f"done in ONE run, {figures[-1][1]:5.1f} requests/trace, {figures[-1][2]:8,.0f} prompt tokens/trace "
+                  f"({faults} faults injected; report counts {report['usage']['requests']} requests, server "
+                  f"{script.requests})")
+        (clean, *_), (faulty, *_) = figures
+        print(f"   {'':24s} -> faulty/clean: {faulty / clean:.2f}x the throughput, "
+              f"{figures[1][2] / figures[0][2]:.2f}x the prompt tokens per trace")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="skip n=5000 and use fewer traces")
@@ -207,6 +252,7 @@ def main() -> None:
     bench_cost()
     bench_segmentation([200, 1000] if args.quick else [200, 1000, 5000])
     bench_throughput([1, 8, 32], 4 if args.quick else 8)
+    bench_faulty(8 if args.quick else 20)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_malformed_and_incomplete_answers_are_asked_again():
         client = client_for(url)
         result = asyncio.run(score_boundaries(client, SENTENCES[:10], None, ScoreConfig(window=32, max_attempts=4)))
     assert len(result.scores) == 9 and all(0 <= s <= 3 for s in result.scores)
-    assert client.usage.stage("score").retries >= 2
+    assert client.usage.stage("score").reasks >= 2
 
 
 def test_a_window_that_never_parses_is_a_failure_not_zeros():
@@ -82,7 +82,7 @@ def test_a_missing_memento_is_asked_for_again():
         client = client_for(url)
         summaries = asyncio.run(Summarizer(client, SummarizeConfig(rounds=1)).summarize("p", BLOCKS))
     assert len(summaries) == 5 and all(s.memento for s in summaries)
-    assert client.usage.stage("compress").retries == 1
+    assert client.usage.stage("compress").reasks == 1
 
 
 def test_assembled_response_parses_back_to_the_same_blocks_and_mementos():

@@ -37,6 +37,8 @@ COMMAND_MODULES = [
     "mementokit.cli.generation",
     "mementokit.cli.pipeline",
     "mementokit.cli.sft",
+    "mementokit.cli.serve",
+    "mementokit.cli.distill",
 ]
 
 for _name in COMMAND_MODULES:

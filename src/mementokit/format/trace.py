@@ -146,7 +146,15 @@ class Trace:
 
     @property
     def answer(self) -> str:
-        return "".join(s.text(self.response) for s in self.segments if s.kind is Kind.ANSWER)
+        """Everything after the first </think>, verbatim (later markers, a second </think>, all of it); "" when
+        there is no </think>."""
+        bounds = self._bounds
+        if bounds is not None and self._segments is None:
+            return self.response[bounds[-2]:]
+        for seg in self.segments:
+            if seg.kind is Kind.THINK_END:
+                return self.response[seg.end:]
+        return ""
 
     @property
     def has_think_end(self) -> bool:

@@ -22,9 +22,15 @@ from typing import Iterator, Sequence
 import torch
 
 from mementokit.blocks import BlockStateMachine, MarkerIds
-from mementokit.errors import ConfigError, InputError
+from mementokit.errors import ConfigError
 from mementokit.generate.cache import PhysicalKVCache
-from mementokit.generate.engine import EvictingRunner, check_markers, load_block_masking
+from mementokit.generate.engine import (
+    EvictingRunner,
+    check_markers,
+    embedding_rows,
+    load_block_masking,
+    token_id_list,
+)
 from mementokit.generate.sampling import RowSampler, SamplingParams
 from mementokit.generate.stats import CacheStats
 
@@ -127,11 +133,9 @@ class BlockMaskedGenerator:
         Prompts are prefilled in chunks of `prefill_chunk_size` tokens (bounds the size of an explicit mask)."""
         # Everything that can be wrong with the configuration fails here, before any compute.
         self.config = load_block_masking(block_masking)
-        if markers is None:
-            if tokenizer is None and self.config.enable:
-                raise ConfigError("block masking needs the tokenizer (or the marker ids) to know the markers")
-            markers = check_markers(model, tokenizer, self.config)
-        self.markers = markers if self.config.enable else None
+        if isinstance(prefill_chunk_size, bool) or not isinstance(prefill_chunk_size, int) or prefill_chunk_size < 1:
+            raise ConfigError(f"prefill_chunk_size must be a positive number of tokens, got {prefill_chunk_size!r}")
+        self.markers = check_markers(model, tokenizer, self.config, markers)
         self.model = model
         self.tokenizer = tokenizer
         self.runner = EvictingRunner(model, self.config, self.markers, mask_mode=mask_mode)
@@ -178,18 +182,8 @@ class BlockMaskedGenerator:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ConfigError("text prompts need a tokenizer; give token ids")
-            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        elif isinstance(prompt, torch.Tensor):
-            ids = prompt.reshape(-1).tolist()
-        else:
-            ids = [int(i) for i in prompt]
-        if not ids:
-            raise InputError("empty prompt", line=index + 1)
-        vocab = self.model.get_input_embeddings().weight.shape[0]
-        bad = [i for i in ids if not 0 <= i < vocab]
-        if bad:
-            raise InputError(f"prompt holds token ids outside the model's {vocab} ids: {bad[:5]}", line=index + 1)
-        return ids
+            prompt = self.tokenizer.encode(prompt, add_special_tokens=False)
+        return token_id_list(prompt, embedding_rows(self.model), what="prompt", line=index + 1)
 
 
 class GenerationStream:
@@ -233,7 +227,9 @@ class GenerationStream:
             row.stats.bytes_per_token = done.kv.bytes_per_token()
             row.stats.evictions.extend(done.records)
             row.stats.record(len(prompt_ids), done.kv.row_length(0))
-            if params.max_cache_tokens is not None and done.kv.row_length(0) >= params.max_cache_tokens:
+            # The prompt's last logits are computed already: one token can be sampled even when the cache is
+            # exactly full (its own key/value is never stored). Only a prompt larger than the cap gives none.
+            if params.max_cache_tokens is not None and done.kv.row_length(0) > params.max_cache_tokens:
                 row.finish_reason = "cache_full"
             elif params.max_new_tokens == 0:
                 row.finish_reason = "length"

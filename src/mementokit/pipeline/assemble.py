@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mementokit.errors import StageFailure
 from mementokit.format import DEFAULT_MARKERS, Markers, build_response, parse_response
-from mementokit.pipeline.score import StageFailure
 from mementokit.pipeline.split import THINK_END, think_region
 
 
@@ -44,7 +44,7 @@ def check_round_trip(response: str, texts: Sequence[str], mementos: Sequence[str
     if trace.summary_texts() != list(mementos):
         problems.append("mementos differ after parsing back")
     if problems:
-        raise StageFailure("assemble", " | ".join(problems))
+        raise StageFailure("assemble", " | ".join(problems), permanent=True)
 
 
 def openmementos_row(result: dict[str, Any], config: str = "default") -> dict[str, Any]:

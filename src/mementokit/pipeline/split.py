@@ -38,7 +38,7 @@ _WHITESPACE = re.compile(r"\s+")
 _ABBREVIATIONS = {
     "e.g", "i.e", "etc", "vs", "cf", "approx", "resp", "al", "dr", "mr", "mrs", "ms", "prof", "fig", "figs",
     "eq", "eqs", "no", "nos", "thm", "lem", "sec", "ch", "st", "jr", "sr", "vol", "pp", "ex", "def", "prop",
-    "cor", "max", "min", "deg", "approx", "ca", "incl", "u.s", "mt", "ft", "lb", "oz",
+    "cor", "max", "min", "deg", "ca", "incl", "u.s", "mt", "ft", "lb", "oz",
 }
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+\u2022]|\d{1,3}[.)]|[a-zA-Z][.)]|\(\w{1,3}\))[ \t]+\S")
 _CONCLUSION = re.compile(r"(?:Therefore|Thus|So|Hence)\b")

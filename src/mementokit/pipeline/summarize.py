@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mementokit.pipeline.client import LLMClient, LLMError
+from mementokit.errors import ConfigError, LLMAbort, LLMError, StageFailure
+from mementokit.format import DEFAULT_MARKERS
+from mementokit.pipeline.client import LLMClient
 from mementokit.pipeline.parsing import parse_numbered_sections, parse_verdicts
 from mementokit.pipeline.prompts import (
     BLOCK_TEMPLATE,
@@ -27,13 +29,12 @@ from mementokit.pipeline.prompts import (
     JUDGE_USER,
     REFINE_BLOCK_TEMPLATE,
     REFINE_USER,
-    RETRY_NOTE,
+    retry_note,
 )
-from mementokit.pipeline.score import StageFailure
 from mementokit.pipeline.split import estimate_tokens
 from mementokit.pipeline.usage import Usage
 
-MARKER_STRINGS = ("<think>", "</think>", "<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>")
+MARKER_STRINGS = DEFAULT_MARKERS.all
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class SummarizeConfig:
     judge_batch_tokens: int = 6000  # block tokens per judge call
     target_ratio: float = 0.15  # memento target, fraction of block tokens (rules say 10-20 %)
     max_attempts: int = 3  # asks per call, the first included
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "batch_tokens", "judge_batch_tokens", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SummarizeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.pass_score <= 10:
+            raise ConfigError(f"SummarizeConfig.pass_score must be in 0..10, got {self.pass_score}")
+        if not 0 < self.target_ratio <= 1:
+            raise ConfigError(f"SummarizeConfig.target_ratio must be in (0, 1], got {self.target_ratio}")
 
 
 @dataclass
@@ -88,31 +98,38 @@ def batches(numbers: Sequence[int], sizes: dict[int, int], budget: int) -> list[
 async def _ask_numbered(
     client: LLMClient,
     stage: str,
-    messages: list[dict[str, str]],
+    build: Callable[[list[int]], list[dict[str, str]]],
     expected: list[int],
     read: Callable[[str, list[int]], dict[int, Any]],
     attempts: int,
     ledgers: Sequence[Usage],
 ) -> dict[int, Any]:
-    """Ask until every expected number has an answer (or attempts run out: StageFailure)."""
+    """Ask until every expected number has an answer (or attempts run out: a permanent StageFailure).
+
+    A re-ask is built for the missing numbers only and says what was wrong with the previous answer.
+    """
     got: dict[int, Any] = {}
     reason = ""
     for attempt in range(attempts):
-        asked = messages
+        wanted = [n for n in expected if n not in got]
+        asked = build(wanted)
         if attempt:
-            asked = [messages[0], {"role": "user", "content": messages[1]["content"] + RETRY_NOTE.format(reason=reason)}]
+            asked[-1] = {"role": "user", "content": asked[-1]["content"] + retry_note(reason, attempt, attempts)}
             for ledger in [client.usage, *ledgers]:
-                ledger.stage(stage).retries += 1
+                ledger.stage(stage).reasks += 1
         try:
-            answer = await client.complete(asked, stage=stage, ledgers=ledgers)
+            answer = await client.complete(asked, stage=stage, ledgers=ledgers, usable=lambda text, w=wanted: bool(read(text, w)))
+        except LLMAbort:
+            raise
         except LLMError as exc:
             raise StageFailure(stage, str(exc)) from exc
-        got.update(read(answer, [n for n in expected if n not in got]))
+        got.update(read(answer, wanted))
         missing = [n for n in expected if n not in got]
         if not missing:
             return got
-        reason = f"nothing usable for numbers {missing}"
-    raise StageFailure(stage, f"no usable answer for blocks {[n for n in expected if n not in got]} after {attempts} attempts")
+        reason = f"nothing usable for {'blocks' if len(missing) > 1 else 'block'} {', '.join(map(str, missing))}"
+    missing = [n for n in expected if n not in got]
+    raise StageFailure(stage, f"no usable answer for blocks {missing} after {attempts} attempts", permanent=True)
 
 
 def _read_mementos(answer: str, expected: list[int]) -> dict[int, str]:
@@ -168,14 +185,16 @@ class Summarizer:
         sizes = {n: self.count_tokens(t) for n, t in blocks.items()}
         numbers = list(blocks)
         candidates: dict[int, str] = await self._gather([
-            _ask_numbered(self.client, "compress", self.compress_messages(problem, blocks, sizes, group), group, _read_mementos, cfg.max_attempts, ledgers)
+            _ask_numbered(self.client, "compress", lambda ns: self.compress_messages(problem, blocks, sizes, ns), group,
+                          _read_mementos, cfg.max_attempts, ledgers)
             for group in batches(numbers, sizes, cfg.batch_tokens)
         ])
         history: dict[int, list[Attempt]] = {n: [] for n in numbers}
         pending = numbers
         for round_index in range(max(1, cfg.rounds)):
             verdicts = await self._gather([
-                _ask_numbered(self.client, "judge", self.judge_messages(blocks, candidates, group), group, parse_verdicts, cfg.max_attempts, ledgers)
+                _ask_numbered(self.client, "judge", lambda ns: self.judge_messages(blocks, candidates, ns), group,
+                              parse_verdicts, cfg.max_attempts, ledgers)
                 for group in batches(pending, sizes, cfg.judge_batch_tokens)
             ])
             for n in pending:
@@ -185,7 +204,8 @@ class Summarizer:
                 break
             last = {n: history[n][-1] for n in pending}
             candidates.update(await self._gather([
-                _ask_numbered(self.client, "refine", self.refine_messages(problem, blocks, sizes, group, last), group, _read_mementos, cfg.max_attempts, ledgers)
+                _ask_numbered(self.client, "refine", lambda ns, last=last: self.refine_messages(problem, blocks, sizes, ns, last), group,
+                              _read_mementos, cfg.max_attempts, ledgers)
                 for group in batches(pending, sizes, cfg.batch_tokens)
             ]))
         out = []
