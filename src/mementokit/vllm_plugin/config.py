@@ -2,7 +2,8 @@
 
 Server-wide: `additional_config={"block_masking": {...}}` (the overlay's JSON keys, read by
 BlockMaskingConfig.from_dict, so unknown keys are an error). Per request: `extra_args={"block_masking": {...}}`
-(`vllm_xargs` in the OpenAI API): keys that override the server's config for that request only.
+(offline) or `vllm_xargs={"block_masking": "<the object as JSON text>"}` (OpenAI API, whose vllm_xargs values
+are flat): keys that override the server's config for that request only.
 
 A compacted cache breaks three vLLM features, so they are refused at start, never silently corrupted:
 prefix caching (a shared page would be compacted under another request), speculative decoding (draft tokens
@@ -53,6 +54,11 @@ def request_config(server: BlockMaskingConfig, extra_args: dict | None) -> Block
     override = (extra_args or {}).get(CONFIG_KEY)
     if override is None:
         return server
+    if isinstance(override, str):  # vllm_xargs values are flat: the object comes as JSON text
+        try:
+            override = json.loads(override)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"vllm_xargs['{CONFIG_KEY}']: invalid JSON: {exc.msg}") from None
     if not isinstance(override, dict):
         raise ConfigError(f"vllm_xargs['{CONFIG_KEY}'] must be a JSON object of block-masking keys")
     merged = {**server.to_dict(), **override}
