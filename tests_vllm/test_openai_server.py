@@ -70,10 +70,10 @@ def reference(model_dir):
     return model, tokenizer, resolve_marker_ids(tokenizer)
 
 
-def _stream_completion(client, model: str, prompt_ids: list[int], override: dict | None) -> list[int]:
+def _stream_completion(client, model: str, prompt_ids: list[int], xargs: dict | None) -> list[int]:
     extra = {"skip_special_tokens": False, "return_token_ids": True, "ignore_eos": True}
-    if override is not None:
-        extra["vllm_xargs"] = {"block_masking": json.dumps(override)}
+    if xargs is not None:
+        extra["vllm_xargs"] = xargs
     stream = client.completions.create(model=model, prompt=prompt_ids, max_tokens=12, temperature=0.0,
                                        stream=True, extra_body=extra)
     ids: list[int] = []
@@ -86,15 +86,22 @@ def _stream_completion(client, model: str, prompt_ids: list[int], override: dict
     return ids
 
 
-@pytest.mark.parametrize("override", [None, {"keep_last_n_blocks": 1, "mask_delimiters": True}])
-def test_streaming_completion_equals_mementokit_generator(server, reference, override):
+KEEP1 = {"keep_last_n_blocks": 1, "mask_delimiters": True}
+
+
+@pytest.mark.parametrize(("xargs", "override"), [
+    (None, None),
+    (KEEP1, KEEP1),  # flat keys, as with the embedded `memento serve`
+    ({"block_masking": json.dumps({"keep_last_n_blocks": 1})}, {"keep_last_n_blocks": 1}),  # one JSON object
+])
+def test_streaming_completion_equals_mementokit_generator(server, reference, xargs, override):
     from openai import OpenAI
 
     model, tokenizer, _ = reference
     client = OpenAI(base_url=server + "/v1", api_key="none")
     served = client.models.list().data[0].id
     prompt_ids = tokenizer.encode(PROMPT, add_special_tokens=False)
-    got = _stream_completion(client, served, prompt_ids, override)
+    got = _stream_completion(client, served, prompt_ids, xargs)
     config = BlockMaskingConfig.from_dict({**BASE, **(override or {})})
     expected = BlockMaskedGenerator(model, tokenizer, config).generate(
         prompt_ids, SamplingParams(max_new_tokens=12, ignore_eos=True)).token_ids

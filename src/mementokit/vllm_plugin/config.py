@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import fields
 from typing import Any
 
 from mementokit.blocks import BlockMaskingConfig
+from mementokit.blocks.config import _BOOL_FIELDS
 from mementokit.errors import ConfigError
 from mementokit.vllm_plugin import CONFIG_KEY, log
 
 SCHEDULER_CLS = "mementokit.vllm_plugin.scheduler.MementoScheduler"
+_FIELDS = frozenset(f.name for f in fields(BlockMaskingConfig))
+_BOOLS = frozenset(_BOOL_FIELDS)
 
 
 def _additional(additional_config: Any) -> dict:
@@ -50,19 +54,35 @@ def server_config(additional_config: Any) -> BlockMaskingConfig | None:
 
 
 def request_config(server: BlockMaskingConfig, extra_args: dict | None) -> BlockMaskingConfig:
-    """The config of one request: the server's, with the keys of extra_args['block_masking'] replaced."""
-    override = (extra_args or {}).get(CONFIG_KEY)
-    if override is None:
-        return server
-    if isinstance(override, str):  # vllm_xargs values are flat: the object comes as JSON text
+    """The config of one request: the server's, with some keys replaced.
+
+    Overrides come as block-masking keys at the top of extra_args (`vllm_xargs={"keep_last_n_blocks": 1}`, the
+    same dialect as the embedded `memento serve`), or as one object under 'block_masking' (a dict offline, JSON
+    text through the OpenAI API, whose vllm_xargs values are flat). vllm_xargs carries no booleans (true arrives
+    as 1), so 0/1 and "true"/"false" are read as booleans for the boolean keys.
+    """
+    extra_args = extra_args or {}
+    override = {k: v for k, v in extra_args.items() if k in _FIELDS}
+    nested = extra_args.get(CONFIG_KEY)
+    if isinstance(nested, str):
         try:
-            override = json.loads(override)
+            nested = json.loads(nested)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"vllm_xargs['{CONFIG_KEY}']: invalid JSON: {exc.msg}") from None
-    if not isinstance(override, dict):
+    if nested is not None and not isinstance(nested, dict):
         raise ConfigError(f"vllm_xargs['{CONFIG_KEY}'] must be a JSON object of block-masking keys")
+    override.update(nested or {})
+    if not override:
+        return server
+    for key, value in list(override.items()):
+        if key in _BOOLS and not isinstance(value, bool):
+            if value in (0, 1):
+                override[key] = bool(value)
+            elif isinstance(value, str) and value.lower() in ("true", "false"):
+                override[key] = value.lower() == "true"
     merged = {**server.to_dict(), **override}
-    return _checked(BlockMaskingConfig.from_dict(merged, source=f"vllm_xargs['{CONFIG_KEY}']"), "vllm_xargs")
+    return _checked(BlockMaskingConfig.from_dict(merged, source="the request's block-masking override"),
+                    "vllm_xargs")
 
 
 def _checked(config: BlockMaskingConfig, where: str) -> BlockMaskingConfig:

@@ -13,7 +13,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from mementokit.blocks import BlockMaskingConfig, BlockStateMachine, resolve_marker_ids
 from mementokit.errors import MementoError
-from mementokit.vllm_plugin.config import CONFIG_KEY, request_config, server_config
+from mementokit.vllm_plugin.config import request_config, server_config
 
 
 class _Capped:
@@ -48,12 +48,10 @@ class BlockCapLogitsProcessor(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        extra = sampling_params.extra_args or {}
-        if CONFIG_KEY in extra:
-            try:
-                request_config(BlockMaskingConfig(enable=False), extra)
-            except MementoError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            request_config(BlockMaskingConfig(enable=False), sampling_params.extra_args)
+        except MementoError as exc:
+            raise ValueError(str(exc)) from None
 
     def is_argmax_invariant(self) -> bool:
         return False
