@@ -59,11 +59,20 @@ def _sequence(rng, markers, ordinary, blocks, block_len=(4, 12), summary_len=(1,
     return out
 
 
-def _case(tokenizer, markers, seed: int, prompt_blocks: int, forced_blocks: int):
+def _case(tokenizer, markers, seed: int, prompt_blocks: int, forced_blocks: int, nested: bool = False):
     rng = random.Random(seed)
     ordinary = list(range(40, 400))
     head = tokenizer.encode("<|im_start|>user\nSolve it.<|im_end|>\n<|im_start|>assistant\n<think>",
                             add_special_tokens=False)
+    if nested:
+        # A block inside a block, a stray marker, and a prompt that ends ON a summary end: one step evicts
+        # several spans at once, and the last prompt token is itself an eviction point.
+        inner = _sequence(rng, markers, ordinary, 1)
+        outer = ([markers.block_start] + rng.choices(ordinary, k=5) + inner + rng.choices(ordinary, k=4)
+                 + [markers.block_end, markers.summary_start] + rng.choices(ordinary, k=2) + [markers.summary_end])
+        prompt = head + [markers.summary_end] + rng.choices(ordinary, k=2) + outer
+        force = outer[:-1] + _sequence(rng, markers, ordinary, forced_blocks)[1:]
+        return prompt, force
     prompt = head + _sequence(rng, markers, ordinary, prompt_blocks) + rng.choices(ordinary, k=3)
     force = _sequence(rng, markers, ordinary, forced_blocks)
     return prompt, force
@@ -78,10 +87,11 @@ def _params(variant: str, force: list[int], *, logprobs: int = 3):
 
 @pytest.fixture(scope="module")
 def batch(llm, hf):
-    """Eight requests (four variants x two cases of different lengths) in one generate call."""
+    """Twelve requests (four variants x three cases of different lengths) in one generate call."""
     _, tokenizer, markers = hf
     cases = [_case(tokenizer, markers, seed=1, prompt_blocks=2, forced_blocks=2),
-             _case(tokenizer, markers, seed=2, prompt_blocks=1, forced_blocks=3)]
+             _case(tokenizer, markers, seed=2, prompt_blocks=1, forced_blocks=3),
+             _case(tokenizer, markers, seed=3, prompt_blocks=0, forced_blocks=2, nested=True)]
     requests, params, keys = [], [], []
     for variant in VARIANTS:
         for index, (prompt, force) in enumerate(cases):
@@ -128,7 +138,7 @@ def _records(recorder, request_id: str):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_tokens_and_logprobs_equal_mementokit_generator_and_dense_mask(batch, hf, variant):
-    for index in (0, 1):
+    for index in (0, 1, 2):
         (prompt, force), output = batch[(variant, index)]
         _check_against_references(hf, prompt, force, output, _config(variant))
 
@@ -137,7 +147,7 @@ def test_tokens_and_logprobs_equal_mementokit_generator_and_dense_mask(batch, hf
 def test_physical_cache_length_equals_simulator_occupancy_and_pages_are_freed(batch, hf, variant):
     _, _, markers = hf
     recorder = _recording_scheduler_class()
-    for index in (0, 1):
+    for index in (0, 1, 2):
         (prompt, _force), output = batch[(variant, index)]
         ids = prompt + list(output.outputs[0].token_ids)
         occupancy = occupancy_after_each_position(evictions_for_sequence(ids, _config(variant), markers), len(ids))

@@ -44,7 +44,7 @@ def _kv_layers(runner) -> list[tuple[torch.Tensor, object]]:
     return out
 
 
-def token_offsets(kv: torch.Tensor, layer) -> torch.Tensor:
+def token_offsets(kv: torch.Tensor, layer) -> torch.Tensor | None:
     """[block_size, E]: the element offsets, within one (page, KV head) of `kv` viewed as [pages, heads, -1],
     that hold token t's key and value.
 
@@ -53,6 +53,8 @@ def token_offsets(kv: torch.Tensor, layer) -> torch.Tensor:
     Backends without a writer hook are assumed to hold [pages, heads, block_size, 2 * head_size].
     """
     _, heads, block_size, width = kv.shape
+    if not kv.is_contiguous():
+        return None
     impl = getattr(layer, "impl", None)
     writer = getattr(impl, "do_kv_cache_update", None)
     if writer is None or block_size > 250:
@@ -72,9 +74,17 @@ def token_offsets(kv: torch.Tensor, layer) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def copy_slots(kv: torch.Tensor, offsets: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
-    """kv[dst slots] = kv[src slots] in one layer, keys and values of every head: one gather, one scatter."""
+def copy_slots(kv: torch.Tensor, offsets: torch.Tensor | None, src: torch.Tensor, dst: torch.Tensor) -> None:
+    """kv[dst slots] = kv[src slots] in one layer, keys and values of every head: one gather, one scatter.
+
+    offsets None (a cache whose memory is not in logical order, as some GPU layouts are): copy token rows of the
+    logical [pages, heads, block_size, key | value] tensor.
+    """
     pages, heads, block_size, _ = kv.shape
+    if offsets is None:
+        sb, st, db, dt = src // block_size, src % block_size, dst // block_size, dst % block_size
+        kv[db, :, dt] = kv[sb, :, st]
+        return
     flat = kv.view(pages, heads, -1)
     sb, st = (src // block_size)[:, None], src % block_size
     db, dt = (dst // block_size)[:, None], dst % block_size
