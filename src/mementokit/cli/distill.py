@@ -24,6 +24,8 @@ Window = Annotated[int | None, typer.Option("--window", min=1, help="rolling_win
                                                show_default=False)]
 Types = Annotated[str | None, typer.Option("--types", help="Entry types shown, e.g. Observation,Feedback.",
                                               show_default=False)]
+MaxEntries = Annotated[int | None, typer.Option("--max-entries", min=0, help="Cap every memory view to its last N "
+                                                "entries (default: the whole view).", show_default=False)]
 MaxSamples = Annotated[int | None, typer.Option("--max-samples", min=1, help="Only the first N samples.",
                                                    show_default=False)]
 SystemPrompt = Annotated[str | None, typer.Option("--system-prompt", help="Base system prompt (text or file); "
@@ -47,6 +49,7 @@ def prompts_command(
     strategy: Strategy = "exclude_current",
     window: Window = None,
     types: Types = None,
+    max_entries: MaxEntries = None,
     max_samples: MaxSamples = None,
     system_prompt: SystemPrompt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSONL here (default: stdout).",
@@ -62,7 +65,7 @@ def prompts_command(
 
     checkpoint = load_checkpoint(checkpoint_dir, system_prompt=system_prompt, skip_bad=skip_bad, on_bad=_warn_bad)
     options = PromptOptions(strategy=strategy, window=window, types=tuple(_split_types(types) or ()) or None,
-                            max_samples=max_samples)
+                            max_entries=max_entries, max_samples=max_samples)
     records = iter_prompts(checkpoint, options)
     if out is None:
         for record in records:
@@ -83,6 +86,7 @@ def generate_command(
                                                     show_default=False)] = None,
     window: Window = None,
     types: Types = None,
+    max_entries: MaxEntries = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name the teacher serves.",
                                                  show_default=False)] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (…/v1).",
@@ -113,7 +117,7 @@ def generate_command(
     from mementokit.distill import generate
 
     given = dict(checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, model=model, base_url=base_url,
-                 api_key=api_key, strategy=strategy, window=window, types=_split_types(types),
+                 api_key=api_key, strategy=strategy, window=window, types=_split_types(types), max_entries=max_entries,
                  top_logprobs=top_logprobs, max_tokens=max_tokens, temperature=temperature, max_samples=max_samples,
                  max_concurrency=concurrency, id_source=id_source, out=str(out) if out else None,
                  skip_bad=skip_bad or None)
