@@ -52,7 +52,7 @@ def random_traces(n: int, seed: int) -> list[TraceInput]:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list(WHITESPACE) + list("ab€😀é\x00")), max_size=40), st.data())
+@given(st.text(alphabet=st.sampled_from(list(WHITESPACE) + list("ab€😀é\x00\ud800\udfff")), max_size=40), st.data())
 def test_word_counts_equal_str_split_on_any_span(text, data):
     start = data.draw(st.integers(0, len(text)))
     end = data.draw(st.integers(start, len(text)))

@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[Optional[int], typer.Option("--workers", help="Processes [default: every core].")] = None,
         strict: Annotated[bool, typer.Option("--strict", help="Stop at the first trace with a format problem.")] = False,
         skip_bad: SkipBadOpt = False,
+        verbose: Annotated[bool, typer.Option("--verbose", help="Say how the input was read and measured.")] = False,
     ) -> None:
         """Measure compression (chars, words, tokens) per domain, with plots and an HTML report.
 
@@ -137,8 +138,8 @@ def register(app: typer.Typer) -> None:
 
             memento analyze traces.jsonl --field response=cot --json
         """
-        from mementokit.analysis.analyze import analyze_traces, write_trace_table
-        from mementokit.analysis.stats import TraceInput
+        from mementokit.analysis.analyze import write_trace_table
+        from mementokit.analysis.partitioned import analyze_source
         from mementokit.io import ReadStats
 
         if input and dataset:
@@ -147,14 +148,14 @@ def register(app: typer.Typer) -> None:
         if table_format not in ("parquet", "csv"):
             raise InputError(f"--table-format must be parquet or csv, got '{table_format}'")
         read_stats = ReadStats()
-        records = open_records(source, config=config, split=split, limit=limit, shuffle_seed=shuffle_seed,
-                               shuffle_buffer=shuffle_buffer, stratify=stratify, fields=fields, skip_bad=skip_bad, stats=read_stats)
-        inputs = (TraceInput(r.response, r.domain, r.origin, r.index, r.source) for r in records)
         with progress_bar(limit, "analysing") as advance:
-            report = analyze_traces(inputs, tokenizer=tokenizer, keep_last=keep_last, strict=strict, workers=workers, progress=advance)
-        report.skipped = read_stats.rows_skipped
-        report.skipped_reasons = dict(read_stats.skipped_by_kind)
-        if len(report.traces) == 0:
+            report = analyze_source(source, config=config, split=split, limit=limit, shuffle_seed=shuffle_seed,
+                                    shuffle_buffer=shuffle_buffer, stratify=stratify, field_map=parse_field_map(fields),
+                                    skip_bad=skip_bad, stats=read_stats, tokenizer=tokenizer, keep_last=keep_last,
+                                    strict=strict, workers=workers, progress=advance)
+        if verbose:
+            stderr.print(f"input: {report.reader}", highlight=False)
+        if len(report) == 0:
             raise InputError("no traces to analyse", path=source)
         summary = report.summary()
         summary["source"] = source
