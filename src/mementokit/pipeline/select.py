@@ -109,7 +109,9 @@ def rejection_reason(row: dict[str, Any], config: SelectConfig) -> str | None:
     return None
 
 
-def select_rows(rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+def select_rows(
+    rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """Normalised rows that pass the filters; with per_stratum, a seeded sample of each stratum.
 
     Without sampling this streams; with it, it holds `per_stratum` rows per stratum (reservoir sampling).
@@ -170,5 +172,9 @@ def read_traces(
         except InputError as exc:
             if not skip_bad:
                 raise
+            stats.rows_skipped += 1
+            stats.skipped_by_kind["unmappable"] += 1
+            if len(stats.examples) < stats.max_examples:
+                stats.examples.append(str(exc))
             if on_bad is not None:
                 on_bad(exc)
