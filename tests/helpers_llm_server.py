@@ -38,7 +38,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-ROLES = {"You rate where a chain of thought": "score", "You compress reasoning blocks": "compress", "You judge mementos": "judge"}
+ROLES = {
+    "You rate where a chain of thought": "score",
+    "You compress reasoning blocks": "compress",
+    "You judge mementos": "judge",
+}
 
 
 @dataclass
@@ -119,7 +123,9 @@ def answer_scores(user: str, fault: Fault | None) -> dict[str, float]:
 def _blocks(user: str) -> list[tuple[int, int, str, str | None]]:
     """(number, target tokens, block text, previous memento or None) for compressor prompts."""
     out = []
-    pattern = re.compile(r"=== BLOCK (\d+) \(about \d+ tokens; memento target (\d+) tokens\) ===\n(.*?)(?=\n\n=== BLOCK |\Z)", re.S)
+    pattern = re.compile(
+        r"=== BLOCK (\d+) \(about \d+ tokens; memento target (\d+) tokens\) ===\n(.*?)(?=\n\n=== BLOCK |\Z)", re.S
+    )
     for m in pattern.finditer(user):
         body = m.group(3)
         previous = None
@@ -148,7 +154,13 @@ def answer_verdicts(user: str, pass_ratio: float) -> list[tuple[int, float, str]
         block, memento = m.group(2), m.group(3)
         ratio = len(memento) / max(1, len(" ".join(block.split())))
         score = float(min(9, int(9 * ratio / pass_ratio)))  # graded: 9 at pass_ratio, less when shorter
-        out.append((int(m.group(1)), score, "none" if score >= 8 else "Missing formulas and values from the middle of the block."))
+        out.append(
+            (
+                int(m.group(1)),
+                score,
+                "none" if score >= 8 else "Missing formulas and values from the middle of the block.",
+            )
+        )
     return out
 
 
@@ -159,7 +171,11 @@ def render(role: str, user: str, script: Script, fault: Fault | None) -> str:
     if role == "score":
         scores = answer_scores(user, fault)
         if messy:
-            return "<think>\nScoring each boundary.\n</think>\nHere are the scores:\n```json\n" + json.dumps({"scores": scores}, indent=1) + "\n```\nHope this helps."
+            return (
+                "<think>\nScoring each boundary.\n</think>\nHere are the scores:\n```json\n"
+                + json.dumps({"scores": scores}, indent=1)
+                + "\n```\nHope this helps."
+            )
         return json.dumps({"scores": scores})
     if role == "compress":
         items = answer_mementos(user, fault, script.refine_factor)
@@ -181,9 +197,13 @@ def _completion(body: dict[str, Any], content: str, prompt_tokens: int, choices:
         "created": int(time.time()),
         "model": body.get("model", "scripted"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
-        if choices else [],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens(content),
-                  "total_tokens": prompt_tokens + tokens(content)},
+        if choices
+        else [],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": tokens(content),
+            "total_tokens": prompt_tokens + tokens(content),
+        },
     }
 
 

@@ -58,8 +58,13 @@ def test_a_run_with_random_faults_finishes_every_trace_in_one_run_and_bills_what
     rows = trace_variants(20)
     script = Script(fault_rate=0.15, slow_s=0.8, seed=7)
     with running_server(script) as url:
-        cfg = config(url, llm={"max_concurrency": 16, "timeout_s": 0.4, "max_retries": 8}, workers=8,
-                     price_prompt_per_mtok=2.0, price_completion_per_mtok=8.0)
+        cfg = config(
+            url,
+            llm={"max_concurrency": 16, "timeout_s": 0.4, "max_retries": 8},
+            workers=8,
+            price_prompt_per_mtok=2.0,
+            price_completion_per_mtok=8.0,
+        )
         report = run_pipeline(rows, tmp_path, cfg)
     faults = sum(n for k, n in script.statuses.items() if k != "200")
     assert faults >= 10  # the provider really was messy
@@ -69,7 +74,9 @@ def test_a_run_with_random_faults_finishes_every_trace_in_one_run_and_bills_what
     assert run["prompt_tokens"] == script.prompt_tokens and run["completion_tokens"] == script.completion_tokens
     assert run["retries"] >= faults - 1  # every fault but possibly one that hit a re-ask's last try was retried
     expected = (script.prompt_tokens * 2.0 + script.completion_tokens * 8.0) / 1e6
-    assert report["this_run"]["cost"] == pytest.approx(expected, abs=1e-6) and report["cost"] == pytest.approx(expected, abs=1e-6)
+    assert report["this_run"]["cost"] == pytest.approx(expected, abs=1e-6) and report["cost"] == pytest.approx(
+        expected, abs=1e-6
+    )
 
 
 def test_accounting_is_cumulative_over_resumed_runs_and_counts_failed_traces(tmp_path):
@@ -109,8 +116,24 @@ def free_port() -> int:
 def test_connection_refused_aborts_and_the_command_exits_non_zero_naming_the_url(tmp_path):
     source = write_input(tmp_path / "in.jsonl", trace_variants(2))
     url = f"http://127.0.0.1:{free_port()}/v1"
-    cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(tmp_path / "out"),
-           "--model", "m", "--base-url", url, "--api-key", "x", "--abort-after", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mementokit.cli",
+        "pipeline",
+        "run",
+        str(source),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        "m",
+        "--base-url",
+        url,
+        "--api-key",
+        "x",
+        "--abort-after",
+        "3",
+    ]
     started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "connection refused" in done.stderr and url in done.stderr
@@ -121,8 +144,20 @@ def test_no_trace_succeeding_exits_1_with_the_reason_and_a_rerun_does_not_pay_ag
     source = write_input(tmp_path / "in.jsonl", trace_variants(2))
     script = Script(faults=[Fault("malformed", role="score") for _ in range(1000)])
     with running_server(script) as url:
-        args = ["pipeline", "run", str(source), "--out", str(tmp_path / "out"), "--model", "m", "--base-url", url,
-                "--api-key", "x", "--json"]
+        args = [
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+            "--json",
+        ]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1 and "no trace succeeded" in result.output, result.output
         paid = script.requests
@@ -178,8 +213,22 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "out"
     script = Script(latency_s=0.1)
     with running_server(script) as url:
-        cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(out),
-               "--model", "m", "--base-url", url, "--api-key", "x"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mementokit.cli",
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+        ]
         first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
@@ -205,7 +254,9 @@ def test_files_are_0644_no_temporary_file_is_left_and_the_cache_is_on_by_default
             base = ["pipeline", "run", str(source), "--model", "m", "--base-url", url, "--api-key", "x"]
             assert CliRunner().invoke(app, [*base, "--out", str(tmp_path / "out")]).exit_code == 0
             paid = script.requests
-            CliRunner().invoke(app, [*base, "--out", str(tmp_path / "again"), "--cache-dir", str(tmp_path / "out/cache")])
+            CliRunner().invoke(
+                app, [*base, "--out", str(tmp_path / "again"), "--cache-dir", str(tmp_path / "out/cache")]
+            )
             assert script.requests == paid  # the default cache under OUT answered everything
             CliRunner().invoke(app, [*base, "--out", str(tmp_path / "nocache"), "--no-cache"])
             assert script.requests == 2 * paid and not (tmp_path / "nocache" / "cache").exists()
@@ -220,8 +271,24 @@ def test_files_are_0644_no_temporary_file_is_left_and_the_cache_is_on_by_default
 def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(tmp_path):
     source = write_input(tmp_path / "in.jsonl", trace_variants(2))
     with running_server(Script(latency_s=0.05)) as url:
-        cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(tmp_path / "o"),
-               "--model", "m", "--base-url", url, "--api-key", "x", "--log-every", "0.2"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mementokit.cli",
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+            "--log-every",
+            "0.2",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     lines = [line for line in done.stderr.splitlines() if "pipeline:" in line and "traces/min" in line]
     assert done.returncode == 0 and len(lines) >= 2 and "requests" in lines[-1]
@@ -248,7 +315,9 @@ def test_a_reask_names_what_was_wrong_asks_only_for_what_is_missing_and_bad_answ
 
 
 def test_errors_join_the_hierarchy_and_configs_refuse_bad_values():
-    assert issubclass(StageFailure, MementoError) and issubclass(LLMAbort, LLMError) and issubclass(LLMError, MementoError)
+    assert (
+        issubclass(StageFailure, MementoError) and issubclass(LLMAbort, LLMError) and issubclass(LLMError, MementoError)
+    )
     import pickle
 
     failure = pickle.loads(pickle.dumps(StageFailure("score", "why", permanent=True)))
@@ -264,7 +333,10 @@ def test_errors_join_the_hierarchy_and_configs_refuse_bad_values():
 def test_the_shard_comes_from_the_environment():
     from mementokit.pipeline.config import parse_shard, shard_from_env
 
-    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}) == (4, 8)
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}) == (
+        4,
+        8,
+    )
     assert shard_from_env({"MEMENTO_SHARD": "2/3"}) == (2, 3)
     assert parse_shard("1/4") == (1, 4)
     with pytest.raises(ConfigError):
@@ -282,3 +354,27 @@ def test_output_folder_lock_names_the_holder(tmp_path):
         other.close()
     finally:
         holder.close()
+
+
+def test_a_stage_command_against_a_refusing_endpoint_fails_with_one_clear_error(tmp_path):
+    split = tmp_path / "split.jsonl"
+    split.write_text(json.dumps({"sentences": ["One.", "Two.", "Three."]}) + "\n")
+    with running_server(Script(faults=[Fault("401") for _ in range(100)])) as url:
+        args = ["pipeline", "score", str(split), "--out", str(tmp_path / "s.jsonl"), "--model", "m", "--base-url", url]
+        result = CliRunner().invoke(app, [*args, "--api-key", "x", "--abort-after", "0"])
+    assert isinstance(result.exception, MementoError)  # `memento` prints it as one line, no traceback
+    assert (
+        "split.jsonl:1" in str(result.exception)
+        and "HTTP 401" in str(result.exception)
+        and url in str(result.exception)
+    )
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_select_config_refuses_sampling_without_strata():
+    from mementokit.pipeline.select import SelectConfig
+
+    with pytest.raises(ConfigError, match="stratify_by"):
+        SelectConfig(per_stratum=3)
+    with pytest.raises(ConfigError, match="min_chars"):
+        SelectConfig(min_chars=10, max_chars=5)

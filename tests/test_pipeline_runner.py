@@ -42,7 +42,14 @@ def variants(count):
 
 
 def config(url, **kwargs):
-    llm = LLMConfig(model="scripted", base_url=url, api_key="x", backoff_base_s=0.01, backoff_max_s=0.02, cache_dir=kwargs.pop("cache_dir", None))
+    llm = LLMConfig(
+        model="scripted",
+        base_url=url,
+        api_key="x",
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        cache_dir=kwargs.pop("cache_dir", None),
+    )
     return PipelineConfig(llm=llm, **kwargs)
 
 
@@ -58,7 +65,9 @@ def test_fixture_trace_end_to_end(tmp_path, style):
     cot = fixture_row()["cot"]
     starts = [b[0] for b in result["blocks"]]
     assert starts[0] == 0 and result["blocks"][-1][1] == result["num_sentences"] - 1
-    assert "".join(trace.block_texts()).replace(" ", "").replace("\n", "") == "".join(result["sentences"]).replace(" ", "").replace("\n", "")
+    assert "".join(trace.block_texts()).replace(" ", "").replace("\n", "") == "".join(result["sentences"]).replace(
+        " ", ""
+    ).replace("\n", "")
     assert all(t in cot for t in trace.block_texts())  # blocks are spans of the original text
     assert min(result["block_tokens"]) >= 200
     assert report["traces"] == 1 and report["failed_traces"] == 0
@@ -141,8 +150,27 @@ def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_pa
     rng = random.Random(1234)
     script = Script(latency_s=0.03)
     with running_server(script) as url:
-        cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(out), "--model", "m",
-               "--base-url", url, "--api-key", "x", "--traces-in-flight", "3", "--concurrency", "6", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mementokit.cli",
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+            "--traces-in-flight",
+            "3",
+            "--concurrency",
+            "6",
+            "--json",
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         kills = 0
         for _ in range(4):

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from helpers_llm_server import Script, running_server, trace_variants
 from mementokit.cli.main import app
+from mementokit.errors import ConfigError
 from mementokit.format import parse_response
 from mementokit.jsonl import read_ledger
 from mementokit.pipeline.client import LLMConfig
@@ -43,9 +44,31 @@ def test_datatrove_local_executor_2_tasks_2_workers_a_killed_task_resumes_withou
     out = tmp_path / "out"
     shard0, shard1 = out / "results.00000-of-00002.jsonl", out / "results.00001-of-00002.jsonl"
     with running_server(Script(latency_s=0.1)) as url:
-        cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(out), "--model", "m",
-               "--base-url", url, "--api-key", "x", "--executor", "local", "--tasks", "2", "--workers", "2",
-               "--traces-in-flight", "1", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mementokit.cli",
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+            "--executor",
+            "local",
+            "--tasks",
+            "2",
+            "--workers",
+            "2",
+            "--traces-in-flight",
+            "1",
+            "--json",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
             wait_for(lambda: lines(shard0) >= 1)  # task 0 is under way: kill the process running it
@@ -78,12 +101,20 @@ def test_a_task_left_with_transient_failures_is_reopened_and_slurm_is_built_from
     (out / "datatrove" / "completions").mkdir(parents=True)
     for rank in (0, 1):
         (out / "datatrove" / "completions" / f"{rank:05d}").touch()
-    (out / "failures.00001-of-00002.jsonl").write_text(json.dumps({"task_id": "a", "stage": "score", "permanent": False}) + "\n")
-    (out / "failures.00000-of-00002.jsonl").write_text(json.dumps({"task_id": "b", "stage": "split", "permanent": True}) + "\n")
+    (out / "failures.00001-of-00002.jsonl").write_text(
+        json.dumps({"task_id": "a", "stage": "score", "permanent": False}) + "\n"
+    )
+    (out / "failures.00000-of-00002.jsonl").write_text(
+        json.dumps({"task_id": "b", "stage": "split", "permanent": True}) + "\n"
+    )
     assert reopen_unfinished_tasks(out, 2) == [1]
     spec = StepSpec("in.jsonl", str(out), PipelineConfig(llm=LLMConfig(model="m")))
     executor = make_executor(spec, ExecutorOptions("slurm", tasks=4, workers=2, partition="cpu", time="01:00:00"))
     assert executor.world_size == 4 and executor.pipeline[0].spec == spec
+    with pytest.raises(ConfigError, match="partition"):
+        ExecutorOptions("slurm", tasks=2)
+    with pytest.raises(ConfigError, match="local, slurm, ray"):
+        ExecutorOptions("dask")
 
 
 def test_export_writes_the_openmementos_layout_that_datasets_and_analyze_read_back(tmp_path):
@@ -96,7 +127,9 @@ def test_export_writes_the_openmementos_layout_that_datasets_and_analyze_read_ba
         cfg = PipelineConfig(llm=LLMConfig(model="scripted", base_url=url, api_key="x"))
         run_pipeline(rows, out, cfg)
     runner = CliRunner()
-    assembled = runner.invoke(app, ["pipeline", "assemble", str(out / "results.jsonl"), "--out", str(tmp_path / "a.jsonl")])
+    assembled = runner.invoke(
+        app, ["pipeline", "assemble", str(out / "results.jsonl"), "--out", str(tmp_path / "a.jsonl")]
+    )
     assert assembled.exit_code == 0, assembled.output  # `assemble` takes `run` output (no cot in it)
     again = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [r["response"] for r in again] == [r["response"] for r in read_ledger(out / "results.jsonl")]

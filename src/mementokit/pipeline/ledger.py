@@ -86,7 +86,9 @@ class OutputFolder:
         self.usage_dir = self.root / "usage"
         self.report_path = self.root / REPORT
         self.cache_dir = self.root / "cache"
-        self._lock = FolderLock(self.root / f".shard{suffix or '.all'}.lock", f"{self.root} (shard {shard[0]}/{shard[1]})")
+        self._lock = FolderLock(
+            self.root / f".shard{suffix or '.all'}.lock", f"{self.root} (shard {shard[0]}/{shard[1]})"
+        )
 
     # ---------------------------------------------------------------------------------------- writing
 
@@ -138,7 +140,9 @@ class OutputFolder:
     # ---------------------------------------------------------------------------------------- reading
 
     def _all(self, stem: str) -> list[Path]:
-        return sorted(p for p in self.root.glob(f"{stem}*.jsonl") if p.name == f"{stem}.jsonl" or p.name.startswith(f"{stem}."))
+        return sorted(
+            p for p in self.root.glob(f"{stem}*.jsonl") if p.name == f"{stem}.jsonl" or p.name.startswith(f"{stem}.")
+        )
 
     def results_files(self) -> list[Path]:
         return self._all("results")
