@@ -18,6 +18,7 @@ import numpy as np
 from mementokit.analysis.textstats import WordCounter
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
 from mementokit.format.trace import Kind, Trace, parse_response
+from mementokit.records import TraceRecord
 
 # Per-block (block-memento pair) measurements.
 PAIR_COLUMNS = ("block_chars", "summary_chars", "block_words", "summary_words", "char_ratio", "word_ratio")
@@ -160,15 +161,11 @@ def trace_measurements(
     return row, pairs
 
 
-@dataclass
-class TraceInput:
-    """What the analysis needs of one trace (picklable, for worker processes)."""
-
-    response: str
-    domain: str = "unknown"
-    origin: str = ""
-    index: int = 0
-    source: str | None = None
+def TraceInput(  # noqa: N802 - the name of the class it replaces
+    response: str, domain: str = "unknown", origin: str = "", index: int = 0, source: str | None = None
+) -> TraceRecord:
+    """Deprecated: the analysis-only record of old, now a `TraceRecord` (mementokit.records) with these fields."""
+    return TraceRecord(None, response, domain, source, origin=origin, index=index)
 
 
 @dataclass
@@ -184,7 +181,7 @@ class ChunkResult:
 
 
 def measure_chunk(
-    traces: Sequence[TraceInput],
+    traces: Sequence[TraceRecord],
     tokenizer=None,
     *,
     markers: Markers = DEFAULT_MARKERS,
