@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_llm_server import Fault, Script, running_server
+from helpers_llm_server import Fault, Script, running_server, trace_variants
 from mementokit.format import parse_response
 from mementokit.jsonl import read_ledger as read_jsonl
 from mementokit.jsonl import repair_tail as _repair_tail
@@ -42,7 +42,14 @@ def variants(count):
 
 
 def config(url, **kwargs):
-    llm = LLMConfig(model="scripted", base_url=url, api_key="x", backoff_base_s=0.01, backoff_max_s=0.02, cache_dir=kwargs.pop("cache_dir", None))
+    llm = LLMConfig(
+        model="scripted",
+        base_url=url,
+        api_key="x",
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        cache_dir=kwargs.pop("cache_dir", None),
+    )
     return PipelineConfig(llm=llm, **kwargs)
 
 
@@ -58,7 +65,9 @@ def test_fixture_trace_end_to_end(tmp_path, style):
     cot = fixture_row()["cot"]
     starts = [b[0] for b in result["blocks"]]
     assert starts[0] == 0 and result["blocks"][-1][1] == result["num_sentences"] - 1
-    assert "".join(trace.block_texts()).replace(" ", "").replace("\n", "") == "".join(result["sentences"]).replace(" ", "").replace("\n", "")
+    assert "".join(trace.block_texts()).replace(" ", "").replace("\n", "") == "".join(result["sentences"]).replace(
+        " ", ""
+    ).replace("\n", "")
     assert all(t in cot for t in trace.block_texts())  # blocks are spans of the original text
     assert min(result["block_tokens"]) >= 200
     assert report["traces"] == 1 and report["failed_traces"] == 0
@@ -134,15 +143,34 @@ def count_lines(path: Path) -> int:
 
 
 def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_path):
-    rows = variants(8)
+    rows = trace_variants(8)
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     rng = random.Random(1234)
     script = Script(latency_s=0.03)
     with running_server(script) as url:
-        cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(out), "--model", "m",
-               "--base-url", url, "--api-key", "x", "--traces-in-flight", "3", "--concurrency", "6", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mementokit.cli",
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+            "--traces-in-flight",
+            "3",
+            "--concurrency",
+            "6",
+            "--json",
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         kills = 0
         for _ in range(4):
@@ -165,3 +193,4 @@ def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_pa
     assert sorted(ids) == sorted(r["task_id"] for r in rows)  # none lost, none twice
     assert report["traces"] == 8 and report["failed_traces"] == 0
     assert kills >= 2
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left by the kills

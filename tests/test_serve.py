@@ -342,3 +342,35 @@ def test_bounded_load_every_request_completes_or_gets_a_clean_429(small):
         time.sleep(0.02)
     metrics = httpx.get(f"{root}/metrics").text
     assert metric(metrics, "memento:requests_rejected_total") == sum(kind == "429" for kind, _ in outcomes)
+
+
+# ----- the command ---------------------------------------------------------------------------------------------
+def test_serve_command_checks_before_binding_and_says_which_limit_is_which(tmp_path, server):
+    import subprocess
+    import sys
+
+    from helpers_cli import invoke
+    from mementokit.errors import ConfigError
+
+    missing = subprocess.run([sys.executable, "-m", "mementokit.cli", "serve", "--model", str(tmp_path / "nothing"),
+                              "--port", "1"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "nothing' does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr and "Uvicorn running" not in missing.stderr
+    with pytest.raises(ConfigError, match="mask_delimiters"):
+        invoke("serve", "--model", tmp_path, "--block-masking-config", '{"enable": true}')
+    with pytest.raises(ConfigError, match="embedded"):
+        invoke("serve", "--model", tmp_path, "--engine", "tgi")
+    help_text = " ".join(invoke("serve", "--help").output.split())
+    assert "PHYSICAL" in help_text and "LOGICAL" in help_text and "memento serve --model" in help_text
+
+
+def test_load_server_serves_a_saved_model_under_its_folder_name(tmp_path, server):
+    from mementokit.serve import ServeOptions, load_server
+
+    folder = tmp_path / "my-memento"
+    server.engine.model.save_pretrained(folder)
+    server.tokenizer.save_pretrained(folder)
+    loaded = load_server(ServeOptions(model=str(folder), block_masking=MASKING, max_cache_tokens=512, dtype="float32",
+                                      device="cpu"))
+    assert loaded.model_name == "my-memento" and loaded.engine.max_cache_tokens == 512
+    assert loaded.engine.config.enable and loaded.engine.markers == server.engine.markers

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mementokit.errors import ConfigError
+from mementokit.format.machine import queues_completed_blocks
 from mementokit.format.markers import DEFAULT_MARKERS
 
 TOKEN_FIELDS = (
@@ -90,7 +91,8 @@ class BlockMaskingConfig:
                 f"got {self.keep_last_n_blocks}"
             )
         if self.max_block_tokens < 0:
-            raise ConfigError(f"block masking: 'max_block_tokens' must be >= 0 (0 = no cap), got {self.max_block_tokens}")
+            raise ConfigError(
+                f"block masking: 'max_block_tokens' must be >= 0 (0 = no cap), got {self.max_block_tokens}")
         for name in TOKEN_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -161,8 +163,9 @@ class BlockMaskingConfig:
     # ---- derived --------------------------------------------------------------------------------------------
     @property
     def evicts(self) -> bool:
-        """Whether any block can ever be evicted under this configuration."""
-        return self.enable and self.compact_on_summary_end and self.keep_last_n_blocks >= 0
+        """Whether any block can ever be evicted under this configuration (keep_last_block_for_answer evicts at
+        block starts even without compact_on_summary_end, as the overlay does)."""
+        return queues_completed_blocks(self)
 
     @property
     def defers_to_next_block(self) -> bool:

@@ -11,7 +11,7 @@ Three forms, from cheapest to dearest:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -7,9 +7,8 @@ never a silent mismatch.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from mementokit.blocks.config import BlockMaskingConfig
 from mementokit.errors import ConfigError
@@ -60,7 +59,8 @@ def single_token_id(tokenizer, text: str) -> int | None:
         return int(ids[0])
     # A vocabulary entry that encode() splits (normalisation, prefix spaces) still names one id.
     token_id = tokenizer.convert_tokens_to_ids(text)
-    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(token_id) == text:
+    if (isinstance(token_id, int) and token_id != tokenizer.unk_token_id
+            and tokenizer.convert_ids_to_tokens(token_id) == text):
         return token_id
     return None
 

@@ -81,19 +81,18 @@ def register(app: typer.Typer) -> None:
 
         Usage adds evicted_tokens, completed_blocks and peak_cache_tokens.
         """
-        from mementokit.serve.loader import ServeOptions, check_options, load_server
+        from mementokit.serve.loader import ServeOptions, serve
 
         options = ServeOptions(model=model, tokenizer=tokenizer, served_model_name=served_model_name,
                                block_masking=load_block_masking_config(block_masking), chat_template=chat_template,
                                dtype=dtype, device=device, max_batch_size=max_batch_size,
                                max_cache_tokens=max_cache_tokens, max_model_len=max_model_len,
                                max_waiting=max_waiting, api_key=api_key, engine=engine)
-        check_options(options)  # a missing model folder fails here, before anything is loaded or bound
-        server = load_server(options)
-        limit = f"{max_cache_tokens:,} physical cache tokens" if max_cache_tokens else "no physical cache limit"
-        stderr.print(f"serving [bold]{server.model_name}[/] at http://{host}:{port}/v1 ({limit}; "
-                     f"max model len {server.engine.max_model_len:,} logical tokens; block masking "
-                     f"{'on' if server.engine.config.enable else 'off'})", highlight=False)
-        import uvicorn
 
-        uvicorn.run(server.app, host=host, port=port, log_level=log_level)
+        def ready(server) -> None:
+            limit = f"{max_cache_tokens:,} physical cache tokens" if max_cache_tokens else "no physical cache limit"
+            stderr.print(f"serving [bold]{server.model_name}[/] at http://{host}:{port}/v1 ({limit}; max model "
+                         f"len {server.engine.max_model_len:,} logical tokens; block masking "
+                         f"{'on' if server.engine.config.enable else 'off'})", highlight=False)
+
+        serve(options, host=host, port=port, log_level=log_level, on_ready=ready)

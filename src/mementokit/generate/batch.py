@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mementokit.blocks import BlockMaskingConfig, BlockStateMachine, MarkerIds
-from mementokit.generate.buffers import PhysicalKVCache
+from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.engine import EvictingRunner
 from mementokit.generate.sampling import RowSampler, SamplingParams
 from mementokit.generate.stats import CacheStats
@@ -30,7 +30,7 @@ from mementokit.generate.stats import CacheStats
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
-class TextDecoder:
+class IncrementalDecoder:
     """Text deltas of a growing id list, waiting while a multi-byte character is incomplete."""
 
     def __init__(self, tokenizer, *, skip_special_tokens: bool = False) -> None:
@@ -110,7 +110,7 @@ class DecodeSequence:
     def __post_init__(self) -> None:
         self.ids = list(self.prompt_ids)
         self.sampler = RowSampler(self.params, self.index)
-        self.decoder = TextDecoder(self.tokenizer, skip_special_tokens=self.skip_special_tokens)
+        self.decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=self.skip_special_tokens)
 
     @property
     def position(self) -> int:

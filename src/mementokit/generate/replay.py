@@ -10,8 +10,8 @@ from the key/value tensors themselves, not computed from the eviction schedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

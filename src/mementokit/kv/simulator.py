@@ -11,18 +11,18 @@ so a replay costs one pass of numpy over the ids (to find marker positions) plus
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from mementokit.blocks.config import BlockMaskingConfig
 from mementokit.blocks.state import BlockStateMachine, Eviction
 from mementokit.blocks.tokens import MarkerIds, add_block_markers, resolve_marker_ids
+from mementokit.format.chat import render_chat
 from mementokit.kv.model_memory import GIB, KVMemoryModel
 from mementokit.records import TraceRecord
-
-CHATML_PROMPT = "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
 
 
 # ---- curves ---------------------------------------------------------------------------------------------------
@@ -236,10 +236,7 @@ class KVSimulator:
         return self.with_prompt and self.config.require_assistant_section and self.markers.can_gate
 
     def prompt_text(self, problem: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": problem}],
-                                                      add_generation_prompt=True, tokenize=False)
-        return CHATML_PROMPT.format(problem=problem)
+        return render_chat(self.tokenizer, [{"role": "user", "content": problem}])
 
     def _encode_many(self, texts: list[str]) -> list[list[int]]:
         if not texts:

@@ -139,7 +139,9 @@ class LLMClient:
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
         return self._semaphore
 
-    def request(self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, **options: Any) -> dict[str, Any]:
+    def request(
+        self, messages: Sequence[dict[str, str]], max_tokens: int | None = None, **options: Any
+    ) -> dict[str, Any]:
         """The create() arguments; `options` are more of them (logprobs=True, top_logprobs=20, ...), and an
         `extra_body` among them is merged over the config's (server-specific fields such as return_token_ids)."""
         cleaned = [{k: _clean_text(v) for k, v in m.items()} for m in messages]
@@ -225,8 +227,15 @@ class LLMClient:
             ledger.stage(stage).calls += 1
         content = data["choices"][0].get("message", {}).get("content") or ""
         if self.cache is not None and content.strip() and (cache_if is None or cache_if(content)):
-            self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens,
-                                 "completion_tokens": completion_tokens, "response": data})
+            self.cache.put(
+                key,
+                {
+                    "content": content,
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "response": data,
+                },
+            )
         return data
 
     async def _attempt(
@@ -277,6 +286,7 @@ class LLMClient:
                 f"stopping: the first {len(self._streak)} calls to {self.url} all failed with {self._streak[-1]} "
                 "(check --base-url, --api-key and --model)"
             )
+            self.aborted.signature = self._streak[-1]
 
     def _retry_delay(self, exc: BaseException, attempt: int) -> float | None:
         """Seconds to wait before retrying `exc`, or None when it must not be retried."""
@@ -286,7 +296,9 @@ class LLMClient:
             if exc.status_code not in RETRYABLE_STATUS:
                 return None
             hinted = retry_after_seconds(getattr(exc.response, "headers", None))
-        elif not isinstance(exc, TRANSIENT_ERRORS + (o.APITimeoutError, o.APIConnectionError, o.APIResponseValidationError)):
+        elif not isinstance(
+            exc, TRANSIENT_ERRORS + (o.APITimeoutError, o.APIConnectionError, o.APIResponseValidationError)
+        ):
             return None
         # full jitter: uniform in [0, min(max, base * 2^attempt)]; a server hint is a floor
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2**attempt))
@@ -301,7 +313,11 @@ class LLMClient:
 
 # Replies that are not a well-formed completion, and a connection that breaks: worth another try.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    MalformedReply, json.JSONDecodeError, asyncio.TimeoutError, ConnectionError, UnicodeDecodeError,
+    MalformedReply,
+    json.JSONDecodeError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    UnicodeDecodeError,
 )
 
 

@@ -40,7 +40,9 @@ class PipelineConfig:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_block_tokens is not None and self.max_block_tokens < max(1, self.min_block_tokens):
-            problems.append(f"max_block_tokens ({self.max_block_tokens}) must be >= min_block_tokens ({self.min_block_tokens})")
+            problems.append(
+                f"max_block_tokens ({self.max_block_tokens}) must be >= min_block_tokens ({self.min_block_tokens})"
+            )
         if self.variance_penalty < 0:
             problems.append(f"variance_penalty must be >= 0, got {self.variance_penalty}")
         if self.limit is not None and self.limit < 0:

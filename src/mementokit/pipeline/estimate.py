@@ -19,7 +19,9 @@ EXPECTED_BLOCK_TOKENS = 1150  # ~1,150 tokens per block on average in OpenMement
 FIRST_ROUND_FAIL = 0.72  # 28 % of mementos pass the judge after one round
 
 
-def estimate_trace(row: dict[str, Any], cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens) -> dict[str, Any]:
+def estimate_trace(
+    row: dict[str, Any], cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens
+) -> dict[str, Any]:
     """Calls and prompt tokens for one trace: exact for scoring, modelled for summarisation."""
     split = split_trace(row["cot"], count_tokens=count_tokens, min_tokens=cfg.min_sentence_tokens)
     n = len(split.sentences)
@@ -38,7 +40,9 @@ def estimate_trace(row: dict[str, Any], cfg: PipelineConfig, count_tokens: Calla
     compress_tokens = total + compress_calls * (estimate_tokens(COMPRESS_SYSTEM) + problem + 30)
     judge_tokens = total + k * (memento + 20) + judge_calls * estimate_tokens(JUDGE_SYSTEM)
     later = FIRST_ROUND_FAIL * max(0, cfg.summarize.rounds - 1)
-    refine_tokens = later * (total + k * (memento + 120) + compress_calls * (estimate_tokens(COMPRESS_SYSTEM) + problem))
+    refine_tokens = later * (
+        total + k * (memento + 120) + compress_calls * (estimate_tokens(COMPRESS_SYSTEM) + problem)
+    )
     calls = score_calls + compress_calls + judge_calls + round(later * (compress_calls + judge_calls))
     prompt_tokens = score_tokens + compress_tokens + judge_tokens + refine_tokens + later * judge_tokens
     return {
@@ -53,7 +57,9 @@ def estimate_trace(row: dict[str, Any], cfg: PipelineConfig, count_tokens: Calla
     }
 
 
-def estimate_run(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens) -> dict[str, Any]:
+def estimate_run(
+    rows: Iterable[dict[str, Any]], cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens
+) -> dict[str, Any]:
     from mementokit.pipeline.runner import planned_rows
 
     state = RunState()
@@ -67,7 +73,9 @@ def estimate_run(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, count_toke
         "calls": calls,
         "prompt_tokens": tokens,
         "completion_tokens_estimate": completion,
-        "cost_estimate": round((tokens * cfg.price_prompt_per_mtok + completion * cfg.price_completion_per_mtok) / 1e6, 4),
+        "cost_estimate": round(
+            (tokens * cfg.price_prompt_per_mtok + completion * cfg.price_completion_per_mtok) / 1e6, 4
+        ),
         "assumptions": {
             "tokens": "ceil(chars/4) for prompts",
             "blocks": f"trace tokens / {EXPECTED_BLOCK_TOKENS}",

@@ -29,11 +29,19 @@ CONFIG_DIRS = {"default": "data", "full": "full"}
 def _schema(config: str):
     import pyarrow as pa
 
-    columns = [("problem", pa.string()), ("response", pa.string()), ("domain", pa.string()), ("source", pa.string()),
-               ("difficulty", pa.int64())]
+    columns = [
+        ("problem", pa.string()),
+        ("response", pa.string()),
+        ("domain", pa.string()),
+        ("source", pa.string()),
+        ("difficulty", pa.int64()),
+    ]
     if config == "full":
-        columns += [("sentences", pa.list_(pa.string())), ("blocks", pa.list_(pa.list_(pa.int64()))),
-                    ("block_summaries", pa.list_(pa.string()))]
+        columns += [
+            ("sentences", pa.list_(pa.string())),
+            ("blocks", pa.list_(pa.list_(pa.int64()))),
+            ("block_summaries", pa.list_(pa.string())),
+        ]
     return pa.schema(columns)
 
 
@@ -105,8 +113,14 @@ Load: `datasets.load_dataset("{dir_name}")` or `datasets.load_dataset("{dir_name
 """
 
 
-def export_dataset(out_dir: str | os.PathLike[str], dataset_dir: str | os.PathLike[str], *, rows_per_file: int = 50_000,
-                   title: str = "Memento traces", license: str = "other") -> dict[str, Any]:
+def export_dataset(
+    out_dir: str | os.PathLike[str],
+    dataset_dir: str | os.PathLike[str],
+    *,
+    rows_per_file: int = 50_000,
+    title: str = "Memento traces",
+    license: str = "other",
+) -> dict[str, Any]:
     """Write the results of an output folder as an OpenMementos-layout dataset; returns counts and paths."""
     folder = OutputFolder(out_dir)
     if not folder.root.is_dir():
@@ -117,8 +131,11 @@ def export_dataset(out_dir: str | os.PathLike[str], dataset_dir: str | os.PathLi
     for r in results:
         missing = [k for k in ("response", "sentences", "blocks", "block_summaries") if k not in r]
         if missing:
-            raise InputError(f"a result lacks {missing}: is this a `memento pipeline run` folder?",
-                             path=str(folder.root), field=missing[0])
+            raise InputError(
+                f"a result lacks {missing}: is this a `memento pipeline run` folder?",
+                path=str(folder.root),
+                field=missing[0],
+            )
     target = Path(dataset_dir)
     files: dict[str, list[str]] = {}
     for config, sub in CONFIG_DIRS.items():
@@ -133,11 +150,21 @@ def export_dataset(out_dir: str | os.PathLike[str], dataset_dir: str | os.PathLi
         files[config] = [str(target / sub / n) for n in names]
     report = build_report(folder.root)
     models = sorted({str(run.get("model")) for run in folder.runs() if run.get("model")})
-    write_text_atomic(target / "README.md", CARD.format(
-        license=license, title=title, traces=report["traces"], blocks=report["blocks"],
-        median_blocks=report["median_blocks_per_trace"], pass_first=report["judge_pass_rate_first_round"],
-        pass_final=report["judge_pass_rate_final"], compression=report["median_compression_tokens"],
-        models=", ".join(models) or "unknown", requests=report["usage"]["requests"],
-        prompt_tokens=report["usage"]["prompt_tokens"], dir_name=str(target),
-    ))
+    write_text_atomic(
+        target / "README.md",
+        CARD.format(
+            license=license,
+            title=title,
+            traces=report["traces"],
+            blocks=report["blocks"],
+            median_blocks=report["median_blocks_per_trace"],
+            pass_first=report["judge_pass_rate_first_round"],
+            pass_final=report["judge_pass_rate_final"],
+            compression=report["median_compression_tokens"],
+            models=", ".join(models) or "unknown",
+            requests=report["usage"]["requests"],
+            prompt_tokens=report["usage"]["prompt_tokens"],
+            dir_name=str(target),
+        ),
+    )
     return {"rows": len(results), "files": files, "card": str(target / "README.md"), "out": str(target)}

@@ -86,7 +86,9 @@ class OutputFolder:
         self.usage_dir = self.root / "usage"
         self.report_path = self.root / REPORT
         self.cache_dir = self.root / "cache"
-        self._lock = FolderLock(self.root / f".shard{suffix or '.all'}.lock", f"{self.root} (shard {shard[0]}/{shard[1]})")
+        self._lock = FolderLock(
+            self.root / f".shard{suffix or '.all'}.lock", f"{self.root} (shard {shard[0]}/{shard[1]})"
+        )
 
     # ---------------------------------------------------------------------------------------- writing
 
@@ -116,6 +118,16 @@ class OutputFolder:
         if len(kept) != len(records):
             write_jsonl_atomic(self.failures_path, kept)
 
+    def forget_failures(self, since: float, containing: str) -> None:
+        """Drop this shard's failure records written at or after `since` whose error contains `containing` (the
+        traces an aborted run failed on the way to its abort: the endpoint's fault, not theirs)."""
+        if not self.failures_path.exists():
+            return
+        records = list(read_ledger(self.failures_path))
+        kept = [f for f in records if not (f.get("time", 0) >= since and containing in str(f.get("error", "")))]
+        if len(kept) != len(records):
+            write_jsonl_atomic(self.failures_path, kept)
+
     def new_run_file(self) -> Path:
         self.usage_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -128,7 +140,9 @@ class OutputFolder:
     # ---------------------------------------------------------------------------------------- reading
 
     def _all(self, stem: str) -> list[Path]:
-        return sorted(p for p in self.root.glob(f"{stem}*.jsonl") if p.name == f"{stem}.jsonl" or p.name.startswith(f"{stem}."))
+        return sorted(
+            p for p in self.root.glob(f"{stem}*.jsonl") if p.name == f"{stem}.jsonl" or p.name.startswith(f"{stem}.")
+        )
 
     def results_files(self) -> list[Path]:
         return self._all("results")

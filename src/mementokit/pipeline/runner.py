@@ -73,22 +73,34 @@ def planned_rows(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, state: Run
 class LogLines:
     """Progress as one log line every `every_s` seconds (for a stderr that is not a terminal: logs, Slurm)."""
 
-    def __init__(self, cfg: PipelineConfig, every_s: float = 30.0, stream: TextIO | None = None, prefix: str = "pipeline"):
+    def __init__(
+        self, cfg: PipelineConfig, every_s: float = 30.0, stream: TextIO | None = None, prefix: str = "pipeline"
+    ):
         self.cfg = cfg
         self.every_s = every_s
         self.stream = stream
         self.prefix = prefix
         self._last = time.monotonic()
+        self._seen: tuple[RunState, LLMClient] | None = None
+
+    def final(self) -> None:
+        """One last line (the state at the last update), whatever the interval."""
+        if self._seen is not None:
+            self(*self._seen, force=True)
 
     def __call__(self, state: RunState, client: LLMClient, force: bool = False) -> None:
+        self._seen = (state, client)
         now = time.monotonic()
         if not force and now - self._last < self.every_s:
             return
         self._last = now
         cost = cost_of(client.usage, self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok)
         stream = self.stream or sys.stderr
-        print(f"{time.strftime('%H:%M:%S')} {self.prefix}: {progress_line(state, client.usage, client.in_flight, cost)}",
-              file=stream, flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} {self.prefix}: {progress_line(state, client.usage, client.in_flight, cost)}",
+            file=stream,
+            flush=True,
+        )
 
 
 def _subtract(total: Usage, base: dict[str, Any]) -> Usage:
@@ -105,8 +117,8 @@ def _subtract(total: Usage, base: dict[str, Any]) -> Usage:
 class Run:
     """One run over one shard: the ledgers, the usage record, the state."""
 
-    def __init__(self, folder: OutputFolder, cfg: PipelineConfig, client: LLMClient):
-        self.folder, self.cfg, self.client = folder, cfg, client
+    def __init__(self, folder: OutputFolder, cfg: PipelineConfig, client: LLMClient, input_stats: Any = None):
+        self.folder, self.cfg, self.client, self.input_stats = folder, cfg, client, input_stats
         self.state = RunState()
         self.base = client.usage.to_dict()
         self.run_file = folder.new_run_file()
@@ -120,11 +132,21 @@ class Run:
         usage = self.usage()
         s = self.state
         record = {
-            "started_at": self.started_at, "pid": os.getpid(), "model": self.cfg.llm.model, "shard": list(self.cfg.shard), "finished": final,
-            "done": s.done, "failed": s.failed, "skipped_finished": s.skipped_finished,
-            "skipped_failed": s.skipped_failed, "duplicates_in_input": s.duplicates, "bad_rows": s.bad_rows,
-            "rejected": s.rejected, "seconds": round(time.monotonic() - s.started, 3),
-            "traces_per_min": round(s.rate_per_min(), 2), "llm": usage.to_dict(),
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            "model": self.cfg.llm.model,
+            "shard": list(self.cfg.shard),
+            "finished": final,
+            "done": s.done,
+            "failed": s.failed,
+            "skipped_finished": s.skipped_finished,
+            "skipped_failed": s.skipped_failed,
+            "duplicates_in_input": s.duplicates,
+            "bad_rows": s.bad_rows + (self.input_stats.rows_skipped if self.input_stats is not None else 0),
+            "rejected": s.rejected,
+            "seconds": round(time.monotonic() - s.started, 3),
+            "traces_per_min": round(s.rate_per_min(), 2),
+            "llm": usage.to_dict(),
             "cost": round(cost_of(usage, self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok), 6),
             "prices_per_mtok": [self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok],
         }
@@ -175,7 +197,9 @@ async def run_resumable(
     return state
 
 
-async def _run_items(items, folder: OutputFolder, process, workers: int, state: RunState, on_progress, retry_failed: bool) -> None:
+async def _run_items(
+    items, folder: OutputFolder, process, workers: int, state: RunState, on_progress, retry_failed: bool
+) -> None:
     key = folder.key
     finished = folder.finished_ids()
     given_up = {} if retry_failed else folder.permanent_failures()
@@ -193,9 +217,15 @@ async def _run_items(items, folder: OutputFolder, process, workers: int, state: 
         except Exception as exc:  # a trace's failure (or a bug) must not stop the other items
             state.failed += 1
             stage = getattr(exc, "stage", None)
-            failures_log.append({key: item[key], "stage": stage or "internal",
-                                 "error": str(exc) if stage else f"{type(exc).__name__}: {exc}",
-                                 "permanent": bool(getattr(exc, "permanent", False)), "time": time.time()})
+            failures_log.append(
+                {
+                    key: item[key],
+                    "stage": stage or "internal",
+                    "error": str(exc) if stage else f"{type(exc).__name__}: {exc}",
+                    "permanent": bool(getattr(exc, "permanent", False)),
+                    "time": time.time(),
+                }
+            )
         else:
             results_log.append(result)
             state.done += 1
@@ -245,11 +275,13 @@ async def run_pipeline_async(
     count_tokens: Callable[[str], int] = estimate_tokens,
     on_progress: Callable[[RunState, LLMClient], None] | None = None,
     client: LLMClient | None = None,
+    input_stats: Any = None,
 ) -> dict[str, Any]:
     """Process every row of this shard into out_dir; returns the report (also written to out_dir/report.json).
 
     Raises LLMAbort when the endpoint refuses every call alike, InputError on a bad input row (without skip_bad),
     ConfigError when another run holds this shard of the folder; the report and usage ledger are written first.
+    `input_stats`: the io.ReadStats the rows were read with (its skipped rows are reported as bad rows).
     """
     folder = OutputFolder(out_dir, cfg.shard)
     folder.open()
@@ -259,18 +291,28 @@ async def run_pipeline_async(
         if client.cache is not None:  # temp files of a killed writer; inside our locked folder nobody else writes
             inside = Path(client.cache.directory).resolve().is_relative_to(folder.root.resolve())
             client.cache.sweep(min_age_s=0.0 if inside and cfg.shard[1] == 1 else 600.0)
-        run = Run(folder, cfg, client)
+        run = Run(folder, cfg, client, input_stats)
 
         def progress(state: RunState) -> None:
             run.flush()
             if on_progress:
                 on_progress(state, client)
 
+        since = time.time()
         try:
             await run_resumable(
-                planned_rows(rows, cfg, run.state), folder.root, lambda row: process_trace(row, client, cfg, count_tokens),
-                workers=cfg.workers, state=run.state, on_progress=progress, retry_failed=cfg.retry_failed, folder=folder,
+                planned_rows(rows, cfg, run.state),
+                folder.root,
+                lambda row: process_trace(row, client, cfg, count_tokens),
+                workers=cfg.workers,
+                state=run.state,
+                on_progress=progress,
+                retry_failed=cfg.retry_failed,
+                folder=folder,
             )
+        except LLMAbort as abort:
+            folder.forget_failures(since, getattr(abort, "signature", str(abort)))
+            raise
         finally:
             record = run.flush(final=True)
             folder.compact_failures()
@@ -284,6 +326,8 @@ async def run_pipeline_async(
     return report
 
 
-def run_pipeline(rows: Iterable[dict[str, Any]], out_dir: str | os.PathLike[str], cfg: PipelineConfig, **kwargs: Any) -> dict[str, Any]:
+def run_pipeline(
+    rows: Iterable[dict[str, Any]], out_dir: str | os.PathLike[str], cfg: PipelineConfig, **kwargs: Any
+) -> dict[str, Any]:
     """Synchronous wrapper of run_pipeline_async (see the module docstring)."""
     return asyncio.run(run_pipeline_async(rows, out_dir, cfg, **kwargs))

@@ -22,8 +22,15 @@ from mementokit.pipeline.config import PipelineConfig
 from mementokit.pipeline.ledger import FolderLock, OutputFolder
 from mementokit.pipeline.report import build_report
 
-__all__ = ["EXECUTORS", "ExecutorOptions", "MementoPipelineStep", "StepSpec", "make_executor", "run_shard",
-           "run_with_executor"]
+__all__ = [
+    "EXECUTORS",
+    "ExecutorOptions",
+    "MementoPipelineStep",
+    "StepSpec",
+    "make_executor",
+    "run_shard",
+    "run_with_executor",
+]
 
 EXECUTORS = ("local", "slurm", "ray")
 LOGGING_DIR = "datatrove"
@@ -60,9 +67,12 @@ def run_shard(spec: StepSpec, rank: int, world_size: int) -> dict[str, Any]:
 
     cfg = replace(spec.cfg, shard=(rank, world_size))
     count_tokens, _ = load_token_counter(spec.tokenizer)
-    rows = read_traces(spec.source, skip_bad=cfg.skip_bad, **spec.read_options)
+    from mementokit.io.stats import ReadStats
+
+    stats = ReadStats()
+    rows = read_traces(spec.source, skip_bad=cfg.skip_bad, stats=stats, **spec.read_options)
     progress = LogLines(cfg, spec.log_every_s, prefix=f"task {rank}/{world_size}")
-    return run_pipeline(rows, spec.out_dir, cfg, count_tokens=count_tokens, on_progress=progress)
+    return run_pipeline(rows, spec.out_dir, cfg, count_tokens=count_tokens, on_progress=progress, input_stats=stats)
 
 
 class MementoPipelineStep(_StepBase or object):  # type: ignore[misc]
@@ -120,8 +130,12 @@ def make_executor(spec: StepSpec, options: ExecutorOptions):
         from datatrove.executor import SlurmPipelineExecutor
 
         return SlurmPipelineExecutor(
-            **common, time=options.time, partition=options.partition, job_name=options.job_name,
-            cpus_per_task=options.cpus_per_task, env_command=options.env_command,
+            **common,
+            time=options.time,
+            partition=options.partition,
+            job_name=options.job_name,
+            cpus_per_task=options.cpus_per_task,
+            env_command=options.env_command,
         )
     try:
         import ray  # noqa: F401
@@ -166,8 +180,12 @@ def run_with_executor(spec: StepSpec, options: ExecutorOptions) -> dict[str, Any
         executor.run()
         report = build_report(spec.out_dir, spec.cfg.summarize.pass_score)
     runs = [r for r in OutputFolder(spec.out_dir).runs() if r.get("started_at", "") >= launched]
-    report["tasks"] = {"executor": options.executor, "tasks": options.tasks, "workers": options.workers,
-                       "completed": len(list((Path(spec.out_dir) / LOGGING_DIR / "completions").glob("*")))}
+    report["tasks"] = {
+        "executor": options.executor,
+        "tasks": options.tasks,
+        "workers": options.workers,
+        "completed": len(list((Path(spec.out_dir) / LOGGING_DIR / "completions").glob("*"))),
+    }
     report["this_run"] = _sum_runs(runs)
     return report
 
@@ -176,7 +194,14 @@ def _sum_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     from mementokit.pipeline.usage import Usage
 
     usage = Usage()
-    out: dict[str, Any] = {"done": 0, "failed": 0, "skipped_finished": 0, "skipped_failed": 0, "cost": 0.0, "seconds": 0.0}
+    out: dict[str, Any] = {
+        "done": 0,
+        "failed": 0,
+        "skipped_finished": 0,
+        "skipped_failed": 0,
+        "cost": 0.0,
+        "seconds": 0.0,
+    }
     for run in runs:
         usage.add(Usage.from_dict(run.get("llm", {})))
         for key in ("done", "failed", "skipped_finished", "skipped_failed"):

@@ -21,7 +21,15 @@ from mementokit.pipeline.parsing import parse_boundary_scores
 from mementokit.pipeline.prompts import SCORE_SYSTEM, SCORE_USER, retry_note
 from mementokit.pipeline.usage import Usage
 
-__all__ = ["ScoreConfig", "ScoreResult", "StageFailure", "score_boundaries", "score_call_plan", "score_messages", "windows"]
+__all__ = [
+    "ScoreConfig",
+    "ScoreResult",
+    "StageFailure",
+    "score_boundaries",
+    "score_call_plan",
+    "score_messages",
+    "windows",
+]
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,9 @@ def _shown(sentence: str, limit: int) -> str:
     return sentence[:head] + " [...] " + sentence[-(limit - head) :]
 
 
-def render_window(sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig) -> str:
+def render_window(
+    sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig
+) -> str:
     """The text of a window with [[B<n>]] markers at its boundaries (boundary n: after sentence n)."""
     n = len(sentences)
     lo = max(0, boundaries[0] - config.context_sentences)
@@ -90,14 +100,19 @@ def render_window(sentences: Sequence[str], separators: Sequence[str] | None, bo
     return "".join(parts)
 
 
-def score_messages(sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig) -> list[dict[str, str]]:
+def score_messages(
+    sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig
+) -> list[dict[str, str]]:
     text = render_window(sentences, separators, boundaries, config)
     user = SCORE_USER.format(text=text, first=boundaries[0], last=boundaries[-1], count=len(boundaries))
     return [{"role": "system", "content": SCORE_SYSTEM}, {"role": "user", "content": user}]
 
 
 async def _score_window(
-    client: LLMClient, build: Callable[[list[int]], list[dict[str, str]]], boundaries: list[int], config: ScoreConfig,
+    client: LLMClient,
+    build: Callable[[list[int]], list[dict[str, str]]],
+    boundaries: list[int],
+    config: ScoreConfig,
     ledgers: Sequence[Usage],
 ) -> tuple[dict[int, float], int]:
     """Scores for one window; a re-ask shows only the boundaries still missing and says what was wrong."""
@@ -108,12 +123,18 @@ async def _score_window(
         wanted = [b for b in boundaries if b not in got]
         asked = build(wanted)
         if attempt:
-            asked[-1] = {"role": "user", "content": asked[-1]["content"] + retry_note(reason, attempt, config.max_attempts)}
+            asked[-1] = {
+                "role": "user",
+                "content": asked[-1]["content"] + retry_note(reason, attempt, config.max_attempts),
+            }
             for ledger in [client.usage, *ledgers]:
                 ledger.stage("score").reasks += 1
         try:
             answer = await client.complete(
-                asked, stage="score", ledgers=ledgers, usable=lambda text, w=wanted: bool(parse_boundary_scores(text, w).scores)
+                asked,
+                stage="score",
+                ledgers=ledgers,
+                usable=lambda text, w=wanted: bool(parse_boundary_scores(text, w).scores),
             )
         except LLMAbort:
             raise
@@ -127,7 +148,8 @@ async def _score_window(
         reason = parsed.problem or "some boundaries have no score"
     missing = [b for b in boundaries if b not in got]
     raise StageFailure(
-        "score", f"no usable scores for boundaries {missing[:10]} after {config.max_attempts} attempts: {reason}",
+        "score",
+        f"no usable scores for boundaries {missing[:10]} after {config.max_attempts} attempts: {reason}",
         permanent=True,
     )
 
@@ -149,6 +171,7 @@ async def score_boundaries(
     passes: list[list[float]] = []
     clamped = 0
     for plan in plans:
+
         def build(boundaries: list[int]) -> list[dict[str, str]]:
             return score_messages(sentences, separators, boundaries, config)
 

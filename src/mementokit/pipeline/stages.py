@@ -54,7 +54,9 @@ class Stage:
             if name not in row:
                 raise InputError(f"missing field (the {self.name} stage needs it)", path=path, line=line, field=name)
             if not isinstance(row[name], kind):
-                raise InputError(f"expected {kind.__name__}, got {type(row[name]).__name__}", path=path, line=line, field=name)
+                raise InputError(
+                    f"expected {kind.__name__}, got {type(row[name]).__name__}", path=path, line=line, field=name
+                )
 
 
 def layout(row: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
@@ -90,14 +92,17 @@ def _refuse_unusable(cot: str) -> None:
         raise StageFailure("split", "the trace has no text inside <think>", permanent=True)
     found = [m for m in DEFAULT_MARKERS.all if m in inner]
     if found:
-        raise StageFailure("split", f"the trace contains marker strings {found}: its blocks could not be parsed back",
-                           permanent=True)
+        raise StageFailure(
+            "split", f"the trace contains marker strings {found}: its blocks could not be parsed back", permanent=True
+        )
 
 
 async def split_stage(row: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     cot = row["cot"]
     _refuse_unusable(cot)
-    split = await asyncio.to_thread(split_trace, cot, count_tokens=ctx.count_tokens, min_tokens=ctx.cfg.min_sentence_tokens)
+    split = await asyncio.to_thread(
+        split_trace, cot, count_tokens=ctx.count_tokens, min_tokens=ctx.cfg.min_sentence_tokens
+    )
     if not split.sentences:
         raise StageFailure("split", "the trace has no text inside <think>", permanent=True)
     return {**row, "sentences": split.sentences, "separators": split.separators, "num_sentences": len(split.sentences)}
@@ -113,14 +118,20 @@ async def score_stage(row: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
 async def segment_stage(row: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     sentences, scores = row["sentences"], row["boundary_scores"]
     if len(scores) != max(0, len(sentences) - 1):
-        raise InputError(f"{len(scores)} scores for {len(sentences)} sentences (need {max(0, len(sentences) - 1)})",
-                         field="boundary_scores")
+        raise InputError(
+            f"{len(scores)} scores for {len(sentences)} sentences (need {max(0, len(sentences) - 1)})",
+            field="boundary_scores",
+        )
     counts = [ctx.count_tokens(s) for s in sentences]
     cfg = ctx.cfg
     try:
         seg = await asyncio.to_thread(
-            optimal_segmentation, scores, counts, min_block_tokens=cfg.min_block_tokens,
-            max_block_tokens=cfg.max_block_tokens, variance_penalty=cfg.variance_penalty,
+            optimal_segmentation,
+            scores,
+            counts,
+            min_block_tokens=cfg.min_block_tokens,
+            max_block_tokens=cfg.max_block_tokens,
+            variance_penalty=cfg.variance_penalty,
         )
     except InputError:
         raise
@@ -128,7 +139,10 @@ async def segment_stage(row: dict[str, Any], ctx: StageContext) -> dict[str, Any
         raise StageFailure("segment", str(exc), permanent=True) from exc
     blocks = [[a, b] for a, b in seg.blocks]
     return {
-        **row, "blocks": blocks, "num_blocks": len(blocks), "segmentation_objective": seg.objective,
+        **row,
+        "blocks": blocks,
+        "num_blocks": len(blocks),
+        "segmentation_objective": seg.objective,
         "block_tokens": [sum(counts[a : b + 1]) for a, b in blocks],
     }
 
@@ -163,7 +177,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("score", (("sentences", list),), score_stage, uses_llm=True),
     Stage("segment", (("sentences", list), ("boundary_scores", list)), segment_stage),
     Stage("summarize", (("sentences", list), ("blocks", list)), summarize_stage, uses_llm=True),
-    Stage("assemble", (("sentences", list), ("separators", list), ("blocks", list), ("block_summaries", list)), assemble_stage),
+    Stage(
+        "assemble",
+        (("sentences", list), ("separators", list), ("blocks", list), ("block_summaries", list)),
+        assemble_stage,
+    ),
 )
 
 
@@ -196,7 +214,9 @@ async def process_trace(
     return result
 
 
-async def _rows_through(stage: Stage, rows: list[tuple[int, dict[str, Any]]], ctx: StageContext, path: str) -> list[dict[str, Any]]:
+async def _rows_through(
+    stage: Stage, rows: list[tuple[int, dict[str, Any]]], ctx: StageContext, path: str
+) -> list[dict[str, Any]]:
     limit = asyncio.Semaphore(max(1, ctx.cfg.workers))
 
     async def one(line: int, row: dict[str, Any]) -> dict[str, Any]:

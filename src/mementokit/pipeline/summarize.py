@@ -118,7 +118,9 @@ async def _ask_numbered(
             for ledger in [client.usage, *ledgers]:
                 ledger.stage(stage).reasks += 1
         try:
-            answer = await client.complete(asked, stage=stage, ledgers=ledgers, usable=lambda text, w=wanted: bool(read(text, w)))
+            answer = await client.complete(
+                asked, stage=stage, ledgers=ledgers, usable=lambda text, w=wanted: bool(read(text, w))
+            )
         except LLMAbort:
             raise
         except LLMError as exc:
@@ -143,7 +145,12 @@ def _read_mementos(answer: str, expected: list[int]) -> dict[int, str]:
 
 
 class Summarizer:
-    def __init__(self, client: LLMClient, config: SummarizeConfig = SummarizeConfig(), count_tokens: Callable[[str], int] = estimate_tokens):
+    def __init__(
+        self,
+        client: LLMClient,
+        config: SummarizeConfig = SummarizeConfig(),
+        count_tokens: Callable[[str], int] = estimate_tokens,
+    ):
         self.client = client
         self.config = config
         self.count_tokens = count_tokens
@@ -151,23 +158,48 @@ class Summarizer:
     def _target(self, tokens: int) -> int:
         return max(8, round(tokens * self.config.target_ratio))
 
-    def compress_messages(self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int]) -> list[dict[str, str]]:
-        body = "\n\n".join(BLOCK_TEMPLATE.format(number=n, tokens=sizes[n], target=self._target(sizes[n]), text=blocks[n]) for n in numbers)
-        return [{"role": "system", "content": COMPRESS_SYSTEM}, {"role": "user", "content": COMPRESS_USER.format(problem=problem, blocks=body)}]
+    def compress_messages(
+        self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int]
+    ) -> list[dict[str, str]]:
+        body = "\n\n".join(
+            BLOCK_TEMPLATE.format(number=n, tokens=sizes[n], target=self._target(sizes[n]), text=blocks[n])
+            for n in numbers
+        )
+        return [
+            {"role": "system", "content": COMPRESS_SYSTEM},
+            {"role": "user", "content": COMPRESS_USER.format(problem=problem, blocks=body)},
+        ]
 
-    def refine_messages(self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int], last: dict[int, Attempt]) -> list[dict[str, str]]:
+    def refine_messages(
+        self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int], last: dict[int, Attempt]
+    ) -> list[dict[str, str]]:
         body = "\n\n".join(
             REFINE_BLOCK_TEMPLATE.format(
-                number=n, tokens=sizes[n], target=self._target(sizes[n]), text=blocks[n],
-                memento=last[n].memento, score=f"{last[n].score:g}", feedback=last[n].feedback or "(none)",
+                number=n,
+                tokens=sizes[n],
+                target=self._target(sizes[n]),
+                text=blocks[n],
+                memento=last[n].memento,
+                score=f"{last[n].score:g}",
+                feedback=last[n].feedback or "(none)",
             )
             for n in numbers
         )
-        return [{"role": "system", "content": COMPRESS_SYSTEM}, {"role": "user", "content": REFINE_USER.format(problem=problem, blocks=body)}]
+        return [
+            {"role": "system", "content": COMPRESS_SYSTEM},
+            {"role": "user", "content": REFINE_USER.format(problem=problem, blocks=body)},
+        ]
 
-    def judge_messages(self, blocks: dict[int, str], candidates: dict[int, str], numbers: list[int]) -> list[dict[str, str]]:
-        pairs = "\n\n".join(JUDGE_PAIR_TEMPLATE.format(number=n, text=blocks[n], memento=candidates[n]) for n in numbers)
-        return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": JUDGE_USER.format(pairs=pairs)}]
+    def judge_messages(
+        self, blocks: dict[int, str], candidates: dict[int, str], numbers: list[int]
+    ) -> list[dict[str, str]]:
+        pairs = "\n\n".join(
+            JUDGE_PAIR_TEMPLATE.format(number=n, text=blocks[n], memento=candidates[n]) for n in numbers
+        )
+        return [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_USER.format(pairs=pairs)},
+        ]
 
     async def _gather(self, jobs: list) -> dict[int, Any]:
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -179,35 +211,66 @@ class Summarizer:
             merged.update(r)
         return merged
 
-    async def summarize(self, problem: str, block_texts: Sequence[str], ledgers: Sequence[Usage] = ()) -> list[BlockSummary]:
+    async def summarize(
+        self, problem: str, block_texts: Sequence[str], ledgers: Sequence[Usage] = ()
+    ) -> list[BlockSummary]:
         cfg = self.config
         blocks = {i + 1: text for i, text in enumerate(block_texts)}  # numbered from 1, as the prompts say
         sizes = {n: self.count_tokens(t) for n, t in blocks.items()}
         numbers = list(blocks)
-        candidates: dict[int, str] = await self._gather([
-            _ask_numbered(self.client, "compress", lambda ns: self.compress_messages(problem, blocks, sizes, ns), group,
-                          _read_mementos, cfg.max_attempts, ledgers)
-            for group in batches(numbers, sizes, cfg.batch_tokens)
-        ])
+        candidates: dict[int, str] = await self._gather(
+            [
+                _ask_numbered(
+                    self.client,
+                    "compress",
+                    lambda ns: self.compress_messages(problem, blocks, sizes, ns),
+                    group,
+                    _read_mementos,
+                    cfg.max_attempts,
+                    ledgers,
+                )
+                for group in batches(numbers, sizes, cfg.batch_tokens)
+            ]
+        )
         history: dict[int, list[Attempt]] = {n: [] for n in numbers}
         pending = numbers
         for round_index in range(max(1, cfg.rounds)):
-            verdicts = await self._gather([
-                _ask_numbered(self.client, "judge", lambda ns: self.judge_messages(blocks, candidates, ns), group,
-                              parse_verdicts, cfg.max_attempts, ledgers)
-                for group in batches(pending, sizes, cfg.judge_batch_tokens)
-            ])
+            verdicts = await self._gather(
+                [
+                    _ask_numbered(
+                        self.client,
+                        "judge",
+                        lambda ns: self.judge_messages(blocks, candidates, ns),
+                        group,
+                        parse_verdicts,
+                        cfg.max_attempts,
+                        ledgers,
+                    )
+                    for group in batches(pending, sizes, cfg.judge_batch_tokens)
+                ]
+            )
             for n in pending:
                 history[n].append(Attempt(candidates[n], verdicts[n].score, verdicts[n].feedback))
             pending = [n for n in pending if verdicts[n].score < cfg.pass_score]
             if not pending or round_index + 1 >= cfg.rounds:
                 break
             last = {n: history[n][-1] for n in pending}
-            candidates.update(await self._gather([
-                _ask_numbered(self.client, "refine", lambda ns, last=last: self.refine_messages(problem, blocks, sizes, ns, last), group,
-                              _read_mementos, cfg.max_attempts, ledgers)
-                for group in batches(pending, sizes, cfg.batch_tokens)
-            ]))
+            candidates.update(
+                await self._gather(
+                    [
+                        _ask_numbered(
+                            self.client,
+                            "refine",
+                            lambda ns, last=last: self.refine_messages(problem, blocks, sizes, ns, last),
+                            group,
+                            _read_mementos,
+                            cfg.max_attempts,
+                            ledgers,
+                        )
+                        for group in batches(pending, sizes, cfg.batch_tokens)
+                    ]
+                )
+            )
         out = []
         for n in numbers:
             # best score wins; among equal scores the shorter memento (the goal is compression)

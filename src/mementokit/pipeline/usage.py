@@ -65,5 +65,7 @@ class Usage:
     def from_dict(cls, data: dict[str, Any]) -> Usage:
         usage = cls()
         for name, values in (data.get("stages") or {}).items():
-            usage.stages[name] = StageUsage(**{k: int(v) for k, v in values.items() if k in StageUsage.__dataclass_fields__})
+            usage.stages[name] = StageUsage(
+                **{k: int(v) for k, v in values.items() if k in StageUsage.__dataclass_fields__}
+            )
         return usage

@@ -12,6 +12,7 @@ tokens); app.py: the HTTP endpoints; protocol.py: request checking and response 
 
 from mementokit.serve.app import Server
 from mementokit.serve.engine import Engine, EngineEvent, EngineRequest, QueueFull
-from mementokit.serve.loader import ServeOptions, load_server
+from mementokit.serve.loader import ServeOptions, load_server, register_engine, serve
 
-__all__ = ["Engine", "EngineEvent", "EngineRequest", "QueueFull", "Server", "ServeOptions", "load_server"]
+__all__ = ["Engine", "EngineEvent", "EngineRequest", "QueueFull", "Server", "ServeOptions", "load_server",
+           "register_engine", "serve"]

@@ -6,12 +6,20 @@ fails here with a ConfigError, before any port is bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mementokit.errors import ConfigError
 
-ENGINES = ("embedded",)  # the vLLM plugin adds "vllm" here
+# Engine name -> runner(options, host, port, log_level) that serves until stopped. The seam for other engines:
+# the vLLM plugin registers "vllm" (register_engine) with a runner that starts vLLM's server with the overlay.
+ENGINES: dict[str, Callable] = {}
+
+
+def register_engine(name: str, runner: Callable) -> None:
+    """Make `memento serve --engine NAME` call runner(options, host=..., port=..., log_level=...)."""
+    ENGINES[name] = runner
 
 
 @dataclass
@@ -48,7 +56,7 @@ def check_options(options: ServeOptions):
     from mementokit.generate.loading import check_model_location
 
     if options.engine not in ENGINES:
-        raise ConfigError(f"--engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
+        raise ConfigError(f"--engine {options.engine!r}: choose one of {', '.join(sorted(ENGINES))}")
     check_model_location(options.model)
     if options.tokenizer is not None:
         check_model_location(options.tokenizer)
@@ -83,3 +91,24 @@ def load_server(options: ServeOptions | str, **overrides):
                     max_waiting=options.max_waiting, max_logprobs=options.max_logprobs, model_name=name)
     return Server(engine, tokenizer, model_name=name, chat_template=template, api_key=options.api_key,
                   model_root=options.model)
+
+
+def run_embedded(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                 on_ready: Callable | None = None) -> None:
+    """The embedded engine: load, then serve with uvicorn until interrupted (on_ready(server) before binding)."""
+    import uvicorn
+
+    server = load_server(options)
+    if on_ready is not None:
+        on_ready(server)
+    uvicorn.run(server.app, host=host, port=port, log_level=log_level)
+
+
+register_engine("embedded", run_embedded)
+
+
+def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          on_ready: Callable | None = None) -> None:
+    """Check the options (nothing is loaded or bound when they are wrong), then run the chosen engine."""
+    check_options(options)
+    ENGINES[options.engine](options, host=host, port=port, log_level=log_level, on_ready=on_ready)

@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from mementokit.errors import ConfigError, InputError
+from mementokit.format.chat import CHATML_TURN_END, chatml
 from mementokit.records import TraceRecord
 
-CHATML_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"
-CHATML_GENERATION_PROMPT = "<|im_start|>assistant\n"
-CHATML_TURN_END = "<|im_end|>\n"
 _SENTINEL = "\x00MEMENTO-ASSISTANT-CONTENT\x00"
 RENDER_MODES = ("verbatim", "template")
 
@@ -118,7 +116,7 @@ class ChatRenderer:
         """Everything before the assistant's answer, ending with the generation prompt."""
         head = messages[:-1]
         if not self.uses_template:
-            return "".join(CHATML_TURN.format(role=m["role"], content=m["content"]) for m in head) + CHATML_GENERATION_PROMPT
+            return chatml(head)
         return self._apply(head, add_generation_prompt=True)
 
     def turn_end(self, messages: list[dict[str, str]]) -> str:
