@@ -255,7 +255,7 @@ def _faulty_run(rows, concurrency: int, fault_rate: float, tasks: int = 0) -> tu
             backoff_base_s=0.5,
             backoff_max_s=4.0,
         )
-        cfg = PipelineConfig(llm=llm, workers=8)
+        cfg = PipelineConfig(llm=llm, workers=min(len(rows), concurrency // max(1, tasks)))  # traces in flight
         t0 = time.perf_counter()
         if tasks:
             src = Path(out) / "in.jsonl"

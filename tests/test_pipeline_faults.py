@@ -354,3 +354,27 @@ def test_output_folder_lock_names_the_holder(tmp_path):
         other.close()
     finally:
         holder.close()
+
+
+def test_a_stage_command_against_a_refusing_endpoint_fails_with_one_clear_error(tmp_path):
+    split = tmp_path / "split.jsonl"
+    split.write_text(json.dumps({"sentences": ["One.", "Two.", "Three."]}) + "\n")
+    with running_server(Script(faults=[Fault("401") for _ in range(100)])) as url:
+        args = ["pipeline", "score", str(split), "--out", str(tmp_path / "s.jsonl"), "--model", "m", "--base-url", url]
+        result = CliRunner().invoke(app, [*args, "--api-key", "x", "--abort-after", "0"])
+    assert isinstance(result.exception, MementoError)  # `memento` prints it as one line, no traceback
+    assert (
+        "split.jsonl:1" in str(result.exception)
+        and "HTTP 401" in str(result.exception)
+        and url in str(result.exception)
+    )
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_select_config_refuses_sampling_without_strata():
+    from mementokit.pipeline.select import SelectConfig
+
+    with pytest.raises(ConfigError, match="stratify_by"):
+        SelectConfig(per_stratum=3)
+    with pytest.raises(ConfigError, match="min_chars"):
+        SelectConfig(min_chars=10, max_chars=5)

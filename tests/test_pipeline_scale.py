@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from helpers_llm_server import Script, running_server, trace_variants
 from mementokit.cli.main import app
+from mementokit.errors import ConfigError
 from mementokit.format import parse_response
 from mementokit.jsonl import read_ledger
 from mementokit.pipeline.client import LLMConfig
@@ -110,6 +111,10 @@ def test_a_task_left_with_transient_failures_is_reopened_and_slurm_is_built_from
     spec = StepSpec("in.jsonl", str(out), PipelineConfig(llm=LLMConfig(model="m")))
     executor = make_executor(spec, ExecutorOptions("slurm", tasks=4, workers=2, partition="cpu", time="01:00:00"))
     assert executor.world_size == 4 and executor.pipeline[0].spec == spec
+    with pytest.raises(ConfigError, match="partition"):
+        ExecutorOptions("slurm", tasks=2)
+    with pytest.raises(ConfigError, match="local, slurm, ray"):
+        ExecutorOptions("dask")
 
 
 def test_export_writes_the_openmementos_layout_that_datasets_and_analyze_read_back(tmp_path):

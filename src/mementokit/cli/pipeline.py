@@ -212,6 +212,8 @@ class _Progress:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.__exit__(*exc)
+        elif self.lines is not None:
+            self.lines.final()
 
     def __call__(self, state, client) -> None:
         from mementokit.pipeline.report import cost_of, progress_line
@@ -344,12 +346,9 @@ def select_command(input: str, **kw: Any) -> None:
       memento pipeline select raw.jsonl --out selected.jsonl --drop-cjk \\
         --stratify-by domain --per-stratum 100
     """
-    from mementokit.jsonl import write_jsonl_atomic
-    from mementokit.pipeline.select import SelectConfig, read_traces, select_rows
+    from mementokit.pipeline.select import SelectConfig, select_file
 
     strata = tuple(f.strip() for f in kw["stratify_by"].split(",")) if kw["stratify_by"] else ()
-    if kw["per_stratum"] and not strata:
-        raise ConfigError("--per-stratum needs --stratify-by")
     cfg = SelectConfig(
         require_complete_think=not kw["allow_incomplete"],
         drop_cjk=kw["drop_cjk"],
@@ -359,12 +358,8 @@ def select_command(input: str, **kw: Any) -> None:
         per_stratum=kw["per_stratum"],
         seed=kw["seed"],
     )
-    rejected: dict[str, int] = {}
-    bad: list[InputError] = []
-    rows = read_traces(input, fields=kw["field"] or (), skip_bad=kw["skip_bad"], on_bad=bad.append)
-    n = write_jsonl_atomic(kw["out"], select_rows(rows, cfg, rejected))
-    summary = {"rows": n, "rejected": rejected, "bad_rows": len(bad), "out": str(kw["out"])}
-    _done(kw["json_out"], summary, f"{n} rows -> {kw['out']} (rejected: {rejected or 'none'})")
+    s = select_file(input, kw["out"], cfg, fields=kw["field"] or (), skip_bad=kw["skip_bad"])
+    _done(kw["json_out"], s, f"{s['rows']} rows -> {s['out']} (rejected: {s['rejected'] or 'none'})")
 
 
 @_command(

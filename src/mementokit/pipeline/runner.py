@@ -81,8 +81,15 @@ class LogLines:
         self.stream = stream
         self.prefix = prefix
         self._last = time.monotonic()
+        self._seen: tuple[RunState, LLMClient] | None = None
+
+    def final(self) -> None:
+        """One last line (the state at the last update), whatever the interval."""
+        if self._seen is not None:
+            self(*self._seen, force=True)
 
     def __call__(self, state: RunState, client: LLMClient, force: bool = False) -> None:
+        self._seen = (state, client)
         now = time.monotonic()
         if not force and now - self._last < self.every_s:
             return

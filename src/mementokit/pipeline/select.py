@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mementokit.errors import InputError
+from mementokit.errors import ConfigError, InputError
 from mementokit.io.fields import MISSING, FieldMap
 
 PROBLEM_FIELDS = ("problem", "prompt", "question", "input")
@@ -34,6 +34,14 @@ class SelectConfig:
     stratify_by: tuple[str, ...] = ()  # e.g. ("domain",) or ("domain", "difficulty")
     per_stratum: int | None = None  # with stratify_by: sample this many rows per stratum (reservoir, seeded)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < max(1, self.min_chars)):
+            raise ConfigError(f"SelectConfig: need 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
+        if self.per_stratum is not None and self.per_stratum < 1:
+            raise ConfigError(f"SelectConfig.per_stratum must be >= 1, got {self.per_stratum}")
+        if self.per_stratum and not self.stratify_by:
+            raise ConfigError("SelectConfig: per_stratum (--per-stratum) needs stratify_by (--stratify-by)")
 
 
 def _turns(row: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -178,3 +186,25 @@ def read_traces(
                 stats.examples.append(str(exc))
             if on_bad is not None:
                 on_bad(exc)
+
+
+def select_file(
+    source: str,
+    out_path: str,
+    config: SelectConfig = SelectConfig(),
+    *,
+    fields: FieldMap | Sequence[str] | None = None,
+    skip_bad: bool = False,
+) -> dict[str, Any]:
+    """Stage 1 over a file: read, map, filter, sample, and write the kept rows as JSONL (atomically).
+
+    Returns {"rows", "rejected" (by reason), "bad_rows", "out"}.
+    """
+    from mementokit.io.readers import ReadStats
+    from mementokit.jsonl import write_jsonl_atomic
+
+    rejected: dict[str, int] = {}
+    stats = ReadStats()
+    rows = read_traces(source, fields=fields, skip_bad=skip_bad, stats=stats)
+    count = write_jsonl_atomic(out_path, select_rows(rows, config, rejected))
+    return {"rows": count, "rejected": rejected, "bad_rows": stats.rows_skipped, "out": str(out_path)}
