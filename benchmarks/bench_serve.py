@@ -49,6 +49,10 @@ SHAPES = {"tiny": dict(hidden=128, layers=2, heads=4, kv_heads=2, head_dim=32),
           "qwen3-0.6b": dict(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128)}
 
 
+def log(message: str) -> None:
+    print(f"[bench_serve {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 # ----- model and data -----------------------------------------------------------------------------------------
 def sample_rows(limit: int) -> list[dict]:
     path = files("mementokit") / "data" / "sample.jsonl"
@@ -134,8 +138,10 @@ def part_engine(args, model, tokenizer, work) -> dict:
     for name, masking in (("memento", MASKING), ("vanilla", {"enable": False})):
         out[f"budget_{name}"] = run_engine(model, tokenizer, work, masking=masking, budget=budget,
                                            batch=args.max_batch_size)
+        log(f"{name} at the budget: {out[f'budget_{name}']['tokens_per_s']:.0f} tok/s")
         out[f"same_batch_{name}"] = run_engine(model, tokenizer, work, masking=masking, budget=None,
                                                batch=len(work))
+        log(f"{name} in one batch: {out[f'same_batch_{name}']['tokens_per_s']:.0f} tok/s")
     out["budget_speedup"] = out["budget_memento"]["tokens_per_s"] / out["budget_vanilla"]["tokens_per_s"]
     out["same_batch_ratio"] = out["same_batch_memento"]["tokens_per_s"] / out["same_batch_vanilla"]["tokens_per_s"]
     out["peak_kv_ratio_same_batch"] = (out["same_batch_memento"]["peak_physical_bytes"]
@@ -244,6 +250,8 @@ def part_http(args, tokenizer) -> dict:
                 direct_level(engine, tokenizer, clients, 1, args.http_tokens)
                 http = asyncio.run(http_level(port, clients, each, args.http_tokens))
                 direct = direct_level(engine, tokenizer, clients, each, args.http_tokens)
+                log(f"{clients} clients: http {http['requests_per_s']:.1f} req/s, "
+                    f"direct {direct['requests_per_s']:.1f}")
                 out[str(clients)] = {"http": http, "direct": direct,
                                      "throughput_ratio": http["requests_per_s"] / direct["requests_per_s"],
                                      "ttft_overhead_ms": http["ttft_ms_median"] - direct["ttft_ms_median"]}
