@@ -12,7 +12,7 @@ a baseline measured in the same run.
   2. HTTP: requests/s and time to first token with short generations at 1, 8 and 32 concurrent clients, through
      `memento serve` (a subprocess, SSE streaming) vs the same engine called directly in process.
 
-    /work/main/.venv/bin/python benchmarks/bench_serve.py                 # about 3 minutes on 2 CPU cores
+    /work/main/.venv/bin/python benchmarks/bench_serve.py                 # 5-15 minutes on 2 shared CPU cores
     /work/main/.venv/bin/python benchmarks/bench_serve.py --traces 41 --max-response-tokens 0 --shape qwen3-0.6b \\
         --device cuda --dtype bfloat16 --max-cache-tokens 400000      # the whole sample on a GPU
 """
@@ -54,9 +54,14 @@ def log(message: str) -> None:
 
 
 # ----- model and data -----------------------------------------------------------------------------------------
-def sample_rows(limit: int) -> list[dict]:
+def sample_rows(limit: int, *, densest: bool = False) -> list[dict]:
+    """The first `limit` sample traces, or (densest) the ones with the fewest characters per block, so that a
+    truncated response still holds several completed blocks."""
     path = files("mementokit") / "data" / "sample.jsonl"
-    return [row for _, row in read_jsonl(str(path))][:limit]
+    rows = [row for _, row in read_jsonl(str(path))]
+    if densest:
+        rows.sort(key=lambda r: len(r["response"]) / max(1, r["response"].count("<|block_start|>")))
+    return rows[:limit]
 
 
 def train_tokenizer(rows: list[dict], vocab: int) -> PreTrainedTokenizerFast:
@@ -264,8 +269,9 @@ def part_http(args, tokenizer) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", type=int, default=8, help="sample traces to serve (41 in the sample)")
-    parser.add_argument("--max-response-tokens", type=int, default=2048, help="truncate responses (0: whole)")
+    parser.add_argument("--traces", type=int, default=6, help="sample traces to serve (41 in the sample; with "
+                        "truncation, those with the shortest blocks)")
+    parser.add_argument("--max-response-tokens", type=int, default=1536, help="truncate responses (0: whole)")
     parser.add_argument("--max-cache-tokens", type=int, default=0, help="budget (default: a quarter of the logical "
                                                                         "total, at least the longest request)")
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -274,14 +280,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--http-requests", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument("--http-requests", type=int, default=16, help="requests per concurrency level")
     parser.add_argument("--http-tokens", type=int, default=8, help="tokens per HTTP request")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    rows = sample_rows(args.traces)
+    rows = sample_rows(args.traces, densest=args.max_response_tokens > 0)
     tokenizer = train_tokenizer(sample_rows(1000), args.vocab)
+    log(f"tokenizer trained ({len(tokenizer)} ids)")
     work = traces(tokenizer, rows, args.max_response_tokens)
     model = build_model(args.shape, len(tokenizer), args.dtype, args.device)
     with torch.no_grad():

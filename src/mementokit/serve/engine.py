@@ -11,7 +11,7 @@ Every step (generate.batch.DecodeBatch does the work, one method per phase):
      counted by the slots it will hold after its prompt's evictions (not its logical length);
   3. every row chooses its next token (events go to the request's sink), evictions are applied, finished rows
      leave;
-  4. if the batch would outgrow --max-cache-tokens, the newest rows are preempted: they leave the batch and
+  4. if the batch would outgrow --max-cache-tokens, the latest-arrived rows are preempted: they leave the batch and
      wait at the front of the queue; when readmitted they are prefilled again with the dense mask, which gives
      exactly the cache they had (block-semantics.md, invariant 5), so preemption never changes an output;
   5. one batched forward pass.
@@ -94,7 +94,6 @@ class EngineRequest:
 class _Timing:
     first: float | None = None
     last: float | None = None
-    order: int = 0  # admission order: the newest rows are preempted first
 
 
 class Engine:
@@ -129,7 +128,6 @@ class Engine:
         self._queued = 0  # requests submitted and not yet admitted (the bound for 429)
         self._lock = threading.Lock()
         self._timing: dict[int, _Timing] = {}
-        self._order = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.peak_physical_tokens = 0
@@ -289,8 +287,6 @@ class Engine:
             if want_prompt_logprobs:
                 request.emit(EngineEvent("prompt_logprobs", payload=self._prompt_logprobs(sequence, all_logits,
                                                                                          request.prompt_logprobs)))
-            self._order += 1
-            self._timing.setdefault(id(sequence), _Timing()).order = self._order
             if sequence.finish_reason is not None:
                 self._finish(sequence)
 
@@ -348,7 +344,9 @@ class Engine:
                 self.batch.remove(sequence)
                 self._finish(sequence)
                 return
-            newest = max(self.batch.sequences, key=lambda s: self._timing.get(id(s), _Timing()).order)
+            # First come, first served: the request that ARRIVED last yields its row (a readmitted one keeps its
+            # place, so a preempted request is not preempted again and again while it re-prefills).
+            newest = max(self.batch.sequences, key=lambda s: (s.tag.arrival, s.index))
             self.batch.remove(newest)
             newest.machine, newest.logits = None, None
             self.waiting.appendleft(newest)
