@@ -22,7 +22,7 @@ from mementokit.generate.generator import (
     TokenEvent,
     chat_prompt,
 )
-from mementokit.generate.replay import ReplayResult, dense_reference_logits, replay
+from mementokit.generate.replay import ReplayResult, dense_reference_logits, replay, replay_traces, tokenize_traces
 from mementokit.generate.sampling import RowSampler, SamplingParams, filter_logits
 from mementokit.generate.stats import CacheStats, EvictionRecord
 
@@ -45,4 +45,6 @@ __all__ = [
     "filter_logits",
     "load_block_masking",
     "replay",
+    "replay_traces",
+    "tokenize_traces",
 ]
