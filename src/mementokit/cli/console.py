@@ -32,6 +32,19 @@ def table(title: str | None, columns: Sequence[str], *, first_left: bool = True)
     return out
 
 
+def size_text(n_bytes: float) -> str:
+    """Bytes in binary units with three significant digits: "1.56 MiB", "312 MiB", "2.59 GiB" (at most 8 wide)."""
+    value, unit = float(n_bytes), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 999.5 or unit == "PiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)} B"
+    digits = 0 if abs(value) >= 99.95 else 1 if abs(value) >= 9.995 else 2
+    return f"{value:.{digits}f} {unit}"
+
+
 def write_json(value) -> None:
     """One JSON object on stdout (machine output: no colour, no wrapping)."""
     sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")

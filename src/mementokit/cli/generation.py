@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mementokit.cli.console import progress_bar, stdout, table, write_json
+from mementokit.cli.console import progress_bar, size_text, stdout, table, write_json
 from mementokit.cli.options import (
     DEFAULT_BLOCK_MASKING,
     AttnOpt,
@@ -56,17 +56,13 @@ def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
     return out
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.2f} MiB"
-
-
 def _generation_table(rows: list[dict]):
     """Eight narrow columns: whole at 80 columns."""
     out = table("KV cache (measured)", ["#", "new\ntokens", "finish", "evic-\ntions", "peak\ntokens", "peak",
                                          "vanilla\npeak", "AUC\nratio"])
     for row in rows:
         out.add_row(str(row["index"]), f"{row['generated_tokens']:,}", row["finish_reason"], str(row["evictions"]),
-                    f"{row['peak_tokens']:,}", _mib(row["peak_bytes"]), _mib(row["vanilla_peak_bytes"]),
+                    f"{row['peak_tokens']:,}", size_text(row["peak_bytes"]), size_text(row["vanilla_peak_bytes"]),
                     "-" if row["auc_ratio"] is None else f"{row['auc_ratio']:.3f}")
     return out
 
@@ -263,7 +259,7 @@ def _replay_table(reports: list[dict]):
     for r in reports:
         out.add_row(str(r["index"]), f"{r['tokens']:,}", str(r["evictions"]), f"{r['peak_tokens']:,}",
                     "-" if r["simulated_peak_tokens"] is None else f"{r['simulated_peak_tokens']:,}",
-                    _mib(r["peak_bytes"]), _mib(r["vanilla"]["peak_bytes"]),
+                    size_text(r["peak_bytes"]), size_text(r["vanilla"]["peak_bytes"]),
                     f"{r['peak_ratio']:.3f}" if r["peak_ratio"] else "-",
                     f"{r['auc_ratio']:.3f}" if r["auc_ratio"] else "-")
     return out
