@@ -18,7 +18,7 @@ from mementokit.cli.helptext import _units, _words, format_command, tidy_help
 from mementokit.cli.main import app
 
 
-def _command_paths(command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+def _command_paths(command, path: tuple[str, ...] = ()) -> list:
     found = [(path, command)]
     if hasattr(command, "commands"):  # a group (typer's own click copy: not a click.Group subclass)
         for name, sub in sorted(command.commands.items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -66,21 +66,21 @@ def token_table(summary: dict):
 
 def analyze(
     input: InputArg = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", metavar="NAME", help=f"Stream a hub dataset, e.g. {DATASET_NAME}.", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", metavar="NAME", help=f"Stream a hub dataset, e.g. {DATASET_NAME}.", show_default=False)] = None,
     config: ConfigOpt = "default",
     split: SplitOpt = "train",
     limit: LimitOpt = None,
-    shuffle_seed: Annotated[Optional[int], typer.Option("--shuffle-seed", metavar="N", help="Fair sample: shuffle shards and rows with this seed.", show_default=False)] = None,
+    shuffle_seed: Annotated[int | None, typer.Option("--shuffle-seed", metavar="N", help="Fair sample: shuffle shards and rows with this seed.", show_default=False)] = None,
     shuffle_buffer: Annotated[int, typer.Option("--shuffle-buffer", metavar="N", help="Rows held for shuffling.", min=1)] = 1_000,
     stratify: Annotated[bool, typer.Option("--stratify", help="Fair sample: interleave domains.")] = False,
     fields: FieldOpt = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", metavar="PATH", help="Hugging Face tokenizer (folder, tokenizer.json or hub name): token counts and a KV section in the report.", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Report folder [default: ./memento-report, none with --json].", show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Hugging Face tokenizer (folder, tokenizer.json or hub name): token counts and a KV section in the report.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Report folder [default: ./memento-report, none with --json].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout; write files only with --out.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the figures and the HTML report.")] = True,
     table_format: Annotated[str, typer.Option("--table-format", help="Per-trace table: parquet or csv.")] = "parquet",
     keep_last: Annotated[int, typer.Option("--keep-last", metavar="K", help="Blocks kept for the compressed-size column.", min=0)] = 1,
-    workers: Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Processes [default: every core].", min=1, show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Processes [default: every core].", min=1, show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first trace with a format problem.")] = False,
     skip_bad: SkipBadOpt = False,
 ) -> None:
@@ -160,7 +160,7 @@ def render(
     split: SplitOpt = "train",
     fields: FieldOpt = None,
     width: Annotated[int, typer.Option("--chars", metavar="N", help="Characters shown of each block (0: all).", min=0)] = 600,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", metavar="PATH", help="Also show token counts.", show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Also show token counts.", show_default=False)] = None,
 ) -> None:
     """Show one trace in the terminal: each block beside its memento, with sizes and the ratio.
 
@@ -184,7 +184,7 @@ def compress(
     config: ConfigOpt = "default",
     split: SplitOpt = "train",
     fields: FieldOpt = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", "-t", metavar="PATH", help="Also report token counts.", show_default=False)] = None,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Also report token counts.", show_default=False)] = None,
 ) -> None:
     """Print a trace as the model sees it at the end: dropped blocks removed, mementos and answer kept.
 

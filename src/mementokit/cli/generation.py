@@ -3,9 +3,8 @@ mementokit.generate)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -108,25 +107,25 @@ def _write_curve_and_plot(config, results, curve: Path | None, plot: Path | None
 
 def generate(
     model_path: ModelOpt,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", metavar="TEXT", help="One prompt (the user's message).", show_default=False)] = None,
-    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", metavar="FILE", help="File of prompts: JSONL (prompt / problem / question) or one per line.", show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", metavar="TEXT", help="One prompt (the user's message).", show_default=False)] = None,
+    prompts_file: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="File of prompts: JSONL (prompt / problem / question) or one per line.", show_default=False)] = None,
     block_masking: BlockMaskingOpt = DEFAULT_BLOCK_MASKING,
-    tokenizer_path: Annotated[Optional[str], typer.Option("--tokenizer", "-t", metavar="PATH", help="Tokenizer folder (default: the model's).", show_default=False)] = None,
+    tokenizer_path: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Tokenizer folder (default: the model's).", show_default=False)] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Feed the prompt text as is (no chat template); blocks are then tracked from the first token.")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Cap on generated (logical) tokens.", min=0)] = 512,
-    max_cache_tokens: Annotated[Optional[int], typer.Option("--max-cache-tokens", metavar="N", help="Cap on PHYSICAL cache tokens of a row (what memory holds).", min=1)] = None,
+    max_cache_tokens: Annotated[int | None, typer.Option("--max-cache-tokens", metavar="N", help="Cap on PHYSICAL cache tokens of a row (what memory holds).", min=1)] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 = greedy.", min=0.0)] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens; 0 = off.", min=0)] = 0,
     min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens below this fraction of the top token's probability.")] = 0.0,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (row i uses seed + i).")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", metavar="TEXT", help="Stop string (repeatable).")] = None,
-    stop_id: Annotated[Optional[list[int]], typer.Option("--stop-id", metavar="ID", help="Stop token id (repeatable).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (row i uses seed + i).")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", metavar="TEXT", help="Stop string (repeatable).")] = None,
+    stop_id: Annotated[list[int] | None, typer.Option("--stop-id", metavar="ID", help="Stop token id (repeatable).")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Do not stop at the end-of-sequence token.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Rows decoded together.", min=1)] = 8,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they come (one prompt).")] = False,
-    curve: Annotated[Optional[Path], typer.Option("--curve", metavar="FILE", help="Write the per-step cache curve and evictions (JSON).", show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PNG", help="PNG of the measured cache curve.", show_default=False)] = None,
+    curve: Annotated[Path | None, typer.Option("--curve", metavar="FILE", help="Write the per-step cache curve and evictions (JSON).", show_default=False)] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="PNG", help="PNG of the measured cache curve.", show_default=False)] = None,
     as_json: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -187,7 +186,7 @@ def replay_command(
     block_masking: BlockMaskingOpt = DEFAULT_BLOCK_MASKING,
     with_prompt: Annotated[bool, typer.Option("--with-prompt", help="Replay the prompt too (chat template, ChatML fallback); the assistant gate then applies.")] = False,
     limit: LimitOpt = None,
-    save_logits: Annotated[Optional[Path], typer.Option("--save-logits", metavar="NPY", help="Save the logits of every position of ONE trace: float32 .npy [positions, vocab].", show_default=False)] = None,
+    save_logits: Annotated[Path | None, typer.Option("--save-logits", metavar="NPY", help="Save the logits of every position of ONE trace: float32 .npy [positions, vocab].", show_default=False)] = None,
     as_json: JsonOpt = False,
     dataset_config: ConfigOpt = "default",
     split: SplitOpt = "train",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -74,15 +74,15 @@ def traces_table(results):
 def kv(
     source: RequiredInputArg,
     tokenizer: TokenizerOpt,
-    model_config: Annotated[Optional[str], typer.Option("--model-config", metavar="PATH", help="Hugging Face config.json (or its folder) for bytes per token.", show_default=False)] = None,
-    preset_name: Annotated[Optional[str], typer.Option("--preset", metavar="NAME", help="Bytes per token of a known model: qwen3-8b, qwen3-32b, phi-4.", show_default=False)] = None,
+    model_config: Annotated[str | None, typer.Option("--model-config", metavar="PATH", help="Hugging Face config.json (or its folder) for bytes per token.", show_default=False)] = None,
+    preset_name: Annotated[str | None, typer.Option("--preset", metavar="NAME", help="Bytes per token of a known model: qwen3-8b, qwen3-32b, phi-4.", show_default=False)] = None,
     block_masking: BlockMaskingOpt = DEFAULT_BLOCK_MASKING,
     with_prompt: Annotated[bool, typer.Option("--with-prompt", help="Replay the prompt too (chat template, ChatML fallback); the assistant gate then applies.")] = False,
     limit: LimitOpt = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PNG", help="The KV curve of one trace (vanilla vs memento), or ratio distributions for several.", show_default=False)] = None,
-    plot_trace: Annotated[Optional[int], typer.Option("--plot-trace", metavar="INDEX", help="Plot the curve of the trace with this index even when there are several.", min=0)] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="PNG", help="The KV curve of one trace (vanilla vs memento), or ratio distributions for several.", show_default=False)] = None,
+    plot_trace: Annotated[int | None, typer.Option("--plot-trace", metavar="INDEX", help="Plot the curve of the trace with this index even when there are several.", min=0)] = None,
     as_json: JsonOpt = False,
-    kv_dtype: Annotated[Optional[str], typer.Option("--kv-dtype", metavar="DTYPE", help="KV cache dtype when it differs from the model's (e.g. fp8).", show_default=False)] = None,
+    kv_dtype: Annotated[str | None, typer.Option("--kv-dtype", metavar="DTYPE", help="KV cache dtype when it differs from the model's (e.g. fp8).", show_default=False)] = None,
     dataset_config: ConfigOpt = "default",
     split: SplitOpt = "train",
     fields: FieldOpt = None,

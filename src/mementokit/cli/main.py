@@ -8,14 +8,13 @@ into one clear line.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
-import mementokit
 from rich.console import Console
 from rich.markup import escape
 
+import mementokit
 from mementokit.cli import analysis, demo, generation, kv, pipeline, sft
 from mementokit.cli.helptext import tidy_app_help
 from mementokit.errors import MementoError
@@ -39,7 +38,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_print_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_print_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """Toolkit for Memento-style reasoning: analyse OpenMementos-style traces, simulate and measure KV memory,

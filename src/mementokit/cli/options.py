@@ -8,7 +8,7 @@ checks an option the same way, and new commands (serve, distill) get them for fr
 from __future__ import annotations
 
 import warnings
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,15 +20,15 @@ DEFAULT_BLOCK_MASKING = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimit
 INPUT_HELP = "JSONL / JSON / Parquet file, save_to_disk or hub-layout folder, or a hub dataset name."
 
 # ----- reading traces ------------------------------------------------------------------------------------------
-InputArg = Annotated[Optional[str], typer.Argument(metavar="[INPUT]", help=INPUT_HELP + " Default: the shipped sample.",
+InputArg = Annotated[str | None, typer.Argument(metavar="[INPUT]", help=INPUT_HELP + " Default: the shipped sample.",
                                                    show_default=False)]
 RequiredInputArg = Annotated[str, typer.Argument(metavar="INPUT", help=INPUT_HELP, show_default=False)]
 ConfigOpt = Annotated[str, typer.Option("--config", metavar="NAME", help="Dataset config: default or full.")]
 SplitOpt = Annotated[str, typer.Option("--split", metavar="NAME", help="Dataset split.")]
-FieldOpt = Annotated[Optional[list[str]], typer.Option(
+FieldOpt = Annotated[list[str] | None, typer.Option(
     "--field", metavar="OURS=THEIRS", help="Map a field, e.g. response=cot (repeatable).", show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip bad rows (counted and reported) instead of stopping.")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", "-n", metavar="N", min=0, help="At most N traces.",
+LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", metavar="N", min=0, help="At most N traces.",
                                                  show_default=False)]
 
 # ----- models, tokenizers, block masking ----------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -64,15 +64,15 @@ def sft(
     source: RequiredInputArg,
     tokenizer: TokenizerOpt,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder (Arrow, Parquet, dataset card, JSONL messages, tokenizer).", show_default=False)],
-    max_length: Annotated[Optional[int], typer.Option("--max-length", metavar="N", help="Cut examples to this many tokens (counted in the card, never silent).", min=2)] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", metavar="N", help="Cut examples to this many tokens (counted in the card, never silent).", min=2)] = None,
     overflow: Annotated[str, typer.Option("--overflow", help="Over --max-length: truncate or drop.")] = "truncate",
     stage: Annotated[int, typer.Option("--stage", help="1: full attention (no masks stored); 2: memento attention (masks stored).", min=1, max=2)] = 1,
-    keep_last_n: Annotated[Optional[int], typer.Option("--keep-last-n", metavar="N", help="Stage 2: completed blocks that stay visible (0: a block disappears at its memento's end; -1: never).", min=-1)] = None,
-    mask_delimiters: Annotated[Optional[bool], typer.Option("--mask-delimiters/--keep-delimiters", help="Stage 2 (required): hide a block's delimiters with it (Phi-4) or keep them (Qwen3, OLMo-3). Must match serving.", show_default=False)] = None,
-    block_masking: Annotated[Optional[str], typer.Option("--block-masking", metavar="JSON", help="Stage 2: block-masking config, JSON text or file (the vLLM overlay's keys); the flags above override it.", show_default=False)] = None,
-    system_prompt: Annotated[Optional[str], typer.Option("--system-prompt", metavar="TEXT", help="A system turn before the problem (Qwen3-style Memento models use none).", show_default=False)] = None,
+    keep_last_n: Annotated[int | None, typer.Option("--keep-last-n", metavar="N", help="Stage 2: completed blocks that stay visible (0: a block disappears at its memento's end; -1: never).", min=-1)] = None,
+    mask_delimiters: Annotated[bool | None, typer.Option("--mask-delimiters/--keep-delimiters", help="Stage 2 (required): hide a block's delimiters with it (Phi-4) or keep them (Qwen3, OLMo-3). Must match serving.", show_default=False)] = None,
+    block_masking: Annotated[str | None, typer.Option("--block-masking", metavar="JSON", help="Stage 2: block-masking config, JSON text or file (the vLLM overlay's keys); the flags above override it.", show_default=False)] = None,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt", metavar="TEXT", help="A system turn before the problem (Qwen3-style Memento models use none).", show_default=False)] = None,
     render: Annotated[str, typer.Option("--render", help="Assistant turn: verbatim (response exactly as given, template's prompt and turn end) or template (the template's own rendering).")] = "verbatim",
-    formats: Annotated[Optional[list[str]], typer.Option("--format", metavar="FORMAT", help="What to write: arrow, parquet, jsonl (repeatable; default all three).", show_default=False)] = None,
+    formats: Annotated[list[str] | None, typer.Option("--format", metavar="FORMAT", help="What to write: arrow, parquet, jsonl (repeatable; default all three).", show_default=False)] = None,
     limit: LimitOpt = None,
     dataset_config: ConfigOpt = "default",
     split: SplitOpt = "train",
@@ -144,9 +144,9 @@ def train_command(
     model: Annotated[str, typer.Option("--model", "-m", metavar="PATH", help="Causal LM folder (or hub name) to start from.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", "-d", metavar="DIR", help="`memento sft` output folder (or a save_to_disk folder / Parquet).", show_default=False)],
     stage: Annotated[int, typer.Option("--stage", help="1: full causal attention; 2: memento attention (needs data made with --stage 2).", min=1, max=2, show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="DIR", help="Run folder: checkpoints, final model, log.jsonl. Default: memento-run-stage<N>.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Run folder: checkpoints, final model, log.jsonl. Default: memento-run-stage<N>.", show_default=False)] = None,
     epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")] = 1.0,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", metavar="N", help="Optimizer steps.", min=1)] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", metavar="N", help="Optimizer steps.", min=1)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Examples per micro-batch.", min=1)] = 1,
     grad_accum: Annotated[int, typer.Option("--grad-accum", metavar="N", help="Micro-batches per optimizer step.", min=1)] = 1,
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-5,
@@ -154,15 +154,15 @@ def train_command(
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", metavar="N", help="Linear warm-up steps.", min=0)] = 0,
     scheduler: Annotated[str, typer.Option("--scheduler", help="cosine, linear or constant after warm-up.")] = "cosine",
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Gradient clipping (0: off).", min=0)] = 1.0,
-    max_length: Annotated[Optional[int], typer.Option("--max-length", metavar="N", help="Cut longer examples at collation.", min=2)] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", metavar="N", help="Cut longer examples at collation.", min=2)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Data order and initialisation seed.")] = 0,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast. Default: on when the GPU supports it, off on CPU.", show_default=False)] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.", show_default=False)] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast. Default: on when the GPU supports it, off on CPU.", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.", show_default=False)] = None,
     attn: Annotated[str, typer.Option("--attn", help="Attention implementation: sdpa or eager (both take the 4-D stage-2 mask).")] = "sdpa",
     save_steps: Annotated[int, typer.Option("--save-steps", metavar="N", help="Checkpoint every N steps (0: only at the end).", min=0)] = 0,
-    save_total_limit: Annotated[Optional[int], typer.Option("--save-total-limit", metavar="N", help="Keep only the newest N checkpoints.", min=1)] = None,
+    save_total_limit: Annotated[int | None, typer.Option("--save-total-limit", metavar="N", help="Keep only the newest N checkpoints.", min=1)] = None,
     log_steps: Annotated[int, typer.Option("--log-steps", metavar="N", help="Log the loss every N steps.", min=1)] = 1,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="auto|DIR", help="auto (newest checkpoint in --out, or a fresh start when there is none) or a checkpoint folder.", show_default=False)] = None,
+    resume: Annotated[str | None, typer.Option("--resume", metavar="auto|DIR", help="auto (newest checkpoint in --out, or a fresh start when there is none) or a checkpoint folder.", show_default=False)] = None,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in the backward pass (less memory).")] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mementokit.figures import new_figure, save_figure
 from mementokit.generate.stats import CacheStats

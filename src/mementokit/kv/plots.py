@@ -6,8 +6,8 @@ mementokit.kv needs no display. Bytes are shown in GiB (2**30), the unit the sim
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
