@@ -13,6 +13,7 @@ from mementokit.blocks import (
     add_block_markers,
     dense_allowed,
     resolve_marker_ids,
+    single_token_id,
 )
 from mementokit.errors import ConfigError
 
@@ -72,6 +73,36 @@ def test_missing_mask_delimiters_is_rejected_when_enabled():
         BlockMaskingConfig.load('{"enable": true, "mask_delimiters": null}')
 
 
+def test_python_constructor_and_from_dict_follow_one_rule_for_mask_delimiters():
+    # Issue 9: BlockMaskingConfig(...) silently defaulted to false while from_dict refused a missing value.
+    with pytest.raises(ConfigError, match="'mask_delimiters' is required"):
+        BlockMaskingConfig()
+    with pytest.raises(ConfigError, match="'mask_delimiters' is required"):
+        BlockMaskingConfig(enable=True, keep_last_n_blocks=2)
+    with pytest.raises(ConfigError, match="'mask_delimiters' is required"):
+        BlockMaskingConfig.from_dict({"enable": True, "keep_last_n_blocks": 2})
+    # Disabled: nothing is evicted, so both read a missing value as false.
+    assert BlockMaskingConfig(enable=False).mask_delimiters is False
+    assert BlockMaskingConfig.from_dict({"enable": False}).mask_delimiters is False
+    assert BlockMaskingConfig.vanilla().to_dict() == BlockMaskingConfig.from_dict({"enable": False}).to_dict()
+
+
+def test_integer_marker_strings_are_read_as_int_reads_them(tokenizer):
+    # "²" is a digit to str.isdigit() but int() refuses it: it is a marker string (one token in this tokenizer),
+    # and "²²" (two tokens) is the usual clear error, not a raw ValueError.
+    (squared,) = tokenizer.encode("²", add_special_tokens=False)
+    assert single_token_id(tokenizer, "²") == squared
+    config = BlockMaskingConfig(mask_delimiters=False, block_end_token="²")
+    assert resolve_marker_ids(tokenizer, config).block_end == squared
+    with pytest.raises(ConfigError, match="not a single token"):
+        resolve_marker_ids(tokenizer, BlockMaskingConfig(mask_delimiters=False, block_end_token="²²"))
+    real = resolve_marker_ids(tokenizer)
+    spaced = BlockMaskingConfig(mask_delimiters=False, block_end_token=f" {real.block_end} ")
+    assert resolve_marker_ids(tokenizer, spaced).block_end == real.block_end
+    with pytest.raises(ConfigError, match="outside"):
+        resolve_marker_ids(tokenizer, BlockMaskingConfig(mask_delimiters=False, block_end_token="-3"))
+
+
 def test_missing_mask_delimiters_is_fine_when_disabled():
     assert not BlockMaskingConfig.load('{"enable": false}').enable
 
@@ -106,7 +137,7 @@ def test_vanilla_config_never_evicts():
 
 # ---- marker ids ---------------------------------------------------------------------------------------------
 def test_marker_ids_resolve_from_a_tokenizer(tokenizer):
-    markers = resolve_marker_ids(tokenizer, BlockMaskingConfig())
+    markers = resolve_marker_ids(tokenizer, BlockMaskingConfig(mask_delimiters=False))
     assert tokenizer.convert_ids_to_tokens(list(markers.block_markers)) == [
         "<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>"]
     assert tokenizer.convert_ids_to_tokens([markers.im_start, markers.assistant, markers.think_end]) == [
@@ -115,7 +146,8 @@ def test_marker_ids_resolve_from_a_tokenizer(tokenizer):
 
 def test_marker_given_as_an_integer_string_is_that_id(tokenizer):
     real = resolve_marker_ids(tokenizer)
-    config = BlockMaskingConfig(block_start_token=str(real.block_start), summary_end_token=str(real.summary_end))
+    config = BlockMaskingConfig(mask_delimiters=False, block_start_token=str(real.block_start),
+                                summary_end_token=str(real.summary_end))
     assert resolve_marker_ids(tokenizer, config) == real
 
 
@@ -127,7 +159,7 @@ def test_marker_that_is_several_tokens_is_a_clear_error(tmp_path):
 
 def test_integer_marker_outside_the_vocabulary_is_an_error(tokenizer):
     with pytest.raises(ConfigError, match="outside"):
-        resolve_marker_ids(tokenizer, BlockMaskingConfig(block_end_token="999999"))
+        resolve_marker_ids(tokenizer, BlockMaskingConfig(mask_delimiters=False, block_end_token="999999"))
 
 
 def test_add_block_markers_adds_four_special_tokens_once(tmp_path):
@@ -143,13 +175,13 @@ def test_add_block_markers_adds_four_special_tokens_once(tmp_path):
 
 
 def test_gating_is_off_when_assistant_is_not_one_token(tokenizer):
-    config = BlockMaskingConfig(assistant_token="assistant turn")
+    config = BlockMaskingConfig(mask_delimiters=False, assistant_token="assistant turn")
     markers = resolve_marker_ids(tokenizer, config)
     assert markers.assistant is None and not markers.can_gate
 
 
 def test_chat_prompt_from_the_tokenizer_gates_exactly_at_the_assistant_header(tokenizer):
-    config = BlockMaskingConfig()
+    config = BlockMaskingConfig(mask_delimiters=False)
     markers = resolve_marker_ids(tokenizer, config)
     block = "<|block_start|>some reasoning<|block_end|><|summary_start|>short<|summary_end|>"
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "quoted: " + block}],

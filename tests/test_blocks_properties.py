@@ -1,8 +1,8 @@
 """Property tests on random marker sequences against a brute-force reading of block-semantics.md.
 
 The reference below is written independently of mementokit.blocks.state: it finds the gate by scanning, keeps
-blocks as plain dicts, picks "the most recently closed block without a summary" by searching all blocks, computes
-K_b and T_b per option from the completion order, and evaluates the rule cell by cell:
+blocks as plain dicts, picks "the most recently opened closed block without a summary" by searching all blocks,
+computes K_b and T_b per option from the completion order, and evaluates the rule cell by cell:
 
     q sees k  iff  k <= q  and no completed block b has k in K_b and q >= T_b
 """
@@ -91,7 +91,7 @@ def reference_blocks(seq: list[int], config: BlockMaskingConfig, inside: bool) -
         elif token == SS:
             waiting = [b for b in blocks if b["end"] is not None and b["ss"] is None]
             if waiting:
-                summarising = max(waiting, key=lambda b: b["end"])  # most recently closed
+                summarising = max(waiting, key=lambda b: b["start"])  # most recently opened
                 summarising["ss"] = p
         elif token == SE and summarising is not None:
             summarising["se"] = p
@@ -103,22 +103,25 @@ def reference_blocks(seq: list[int], config: BlockMaskingConfig, inside: bool) -
 def reference_keys_and_times(seq, config, inside):
     """For each completed block: (set of keys K_b, trigger T_b, physical eviction position)."""
     completed = reference_blocks(seq, config, inside)
+    times = [(INF, INF)] * len(completed)
+    if config.enable and config.keep_last_block_for_answer and config.keep_last_n_blocks == 0:
+        # Each block start (after the block's SE) evicts the oldest waiting block: one per block start, and
+        # whether or not compact_on_summary_end is set. Block starts that come later than every SE are tracked.
+        pending = list(range(len(completed)))  # completion order: the oldest first
+        for p in range(len(seq)):
+            ready = [i for i in pending if completed[i]["se"] < p]
+            if seq[p] == BS and ready:
+                pending.remove(ready[0])
+                times[ready[0]] = (completed[ready[0]]["ss"] if config.restart_mode else p, p)
+    elif config.enable and config.compact_on_summary_end and config.keep_last_n_blocks >= 0:
+        for i in range(len(completed)):
+            if i + config.keep_last_n_blocks < len(completed):
+                evictor = completed[i + config.keep_last_n_blocks]
+                times[i] = (evictor["ss"] if config.restart_mode else evictor["se"], evictor["se"])
     out = []
-    tracked_block_starts = [p for p in range(len(seq)) if seq[p] == BS]
-    for i, block in enumerate(completed):
+    for block, (trigger, at) in zip(completed, times):
         whole = config.mask_delimiters or config.restart_mode
         keys = set(range(block["start"], block["end"] + 1)) if whole else set(range(block["start"] + 1, block["end"]))
-        trigger = at = INF
-        if config.enable and config.compact_on_summary_end and config.keep_last_n_blocks >= 0:
-            if config.keep_last_block_for_answer and config.keep_last_n_blocks == 0:
-                later = [p for p in tracked_block_starts if p > block["se"]]
-                if later:
-                    at = later[0]
-                    trigger = block["ss"] if config.restart_mode else at
-            elif i + config.keep_last_n_blocks < len(completed):
-                evictor = completed[i + config.keep_last_n_blocks]
-                at = evictor["se"]
-                trigger = evictor["ss"] if config.restart_mode else at
         out.append((keys, trigger, at))
     return out
 

@@ -108,8 +108,21 @@ def test_answer_mode_is_ignored_with_keep_one_as_in_the_overlay():
         spans(THREE_BLOCKS, keep_last_n_blocks=1)
 
 
-def test_answer_mode_never_evicts_when_compaction_is_off():
-    assert spans(THREE_BLOCKS, keep_last_block_for_answer=True, compact_on_summary_end=False) == []
+def test_answer_mode_flushes_at_block_start_even_when_compaction_is_off():
+    # As the overlay does: compact_on_summary_end only stops evictions AT a summary end.
+    assert spans(THREE_BLOCKS, keep_last_block_for_answer=True, compact_on_summary_end=False) == \
+        [(1, 2, 6), (7, 8, 12)] == spans(THREE_BLOCKS, keep_last_block_for_answer=True)
+
+
+def test_answer_mode_block_start_evicts_at_most_one_queued_block():
+    #              0  1 2  3  4 5  6  7 8  9  10 11 12 13 14
+    text = "BS a BE SS s SE BS b BE SS t SE BS BS c"
+    # Without compaction at SE, nothing is evicted at 6 before block 0 is queued... then one per block start.
+    assert spans(text, keep_last_block_for_answer=True, compact_on_summary_end=False) == [(1, 2, 6), (7, 8, 12)]
+    #              0  1 2  3  4 5  6  7  8  9 10 11 12 13 14 15 16
+    text = "BS BS a BE SS s SE BE SS t SE BS x BS y BS z"
+    # Two blocks queued (inner then outer) when the first BS comes: it evicts only the oldest (the inner one).
+    assert spans(text, keep_last_block_for_answer=True) == [(2, 3, 11), (1, 2, 13), (3, 7, 13)]
 
 
 # ---- restart_mode -------------------------------------------------------------------------------------------
@@ -158,12 +171,12 @@ def test_nested_outer_eviction_pieces_share_the_block_index():
     assert sum(e.size for e in events) == len(range(1, 8))
 
 
-def test_outer_block_closed_first_gets_the_summary_and_swallows_the_inner_block():
+def test_summary_attaches_to_the_most_recently_opened_closed_block_not_the_last_closed():
     #              0  1  2 3  4  5  6 7  8  9  10 11
     text = "BS BS a BE BE SS s SE SS t SE x"
-    # SS(5) attaches to the most recently closed block: the outer one (closed at 4).
-    # The inner block's later summary completes it, but its content is already gone: nothing more to report.
-    assert spans(text) == [(1, 4, 7)]
+    # SS(5) attaches to the inner block (opened at 1), although the outer one (opened at 0) closed last;
+    # the second summary completes the outer block, which takes what is left of its span.
+    assert spans(text) == [(2, 3, 7), (1, 2, 10), (3, 4, 10)]
 
 
 def test_nested_blocks_with_mask_delimiters_merge_spans():
@@ -296,8 +309,9 @@ def test_block_token_count_skips_markers_and_resets_at_block_start_and_end():
     for token in ids("x BS a b SS c BS d BE e BE f"):
         m.step(token)
         counts.append(m.block_tokens_since_open())
+    # One in-block flag, as the overlay's cap: the inner BE clears it although the outer block is still open.
     #               x  BS a  b  SS c  BS d  BE e  BE f
-    assert counts == [0, 0, 1, 2, 2, 3, 0, 1, 0, 1, 0, 0]
+    assert counts == [0, 0, 1, 2, 2, 3, 0, 1, 0, 0, 0, 0]
 
 
 def test_must_close_block_when_the_cap_is_reached():
@@ -317,7 +331,19 @@ def test_block_token_count_after_feed_matches_step():
         stepped.step(token)
     fed = machine()
     fed.feed(text)
-    assert fed.block_tokens_since_open() == stepped.block_tokens_since_open() == 2
+    assert fed.block_tokens_since_open() == stepped.block_tokens_since_open() == 0  # the BE cleared the flag
+    stepped.step(IDS["BS"])
+    stepped.step(9)
+    fed.feed([IDS["BS"], 9])
+    assert fed.block_tokens_since_open() == stepped.block_tokens_since_open() == 1
+
+
+def test_cap_is_not_gated_and_counts_prompt_tokens():
+    # A block opened in the prompt, before any assistant header, is counted as the overlay's cap counts it.
+    m = machine(inside=False, max_block_tokens=3)
+    m.feed(ids("BS a b IM AS c"))
+    # a, b, the header's two tokens and c: every token but the four markers counts.
+    assert m.in_assistant_section and m.block_tokens_since_open() == 5 and m.must_close_block()
 
 
 @pytest.mark.parametrize("keep", [-1, 0, 1, 2])

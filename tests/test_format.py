@@ -277,3 +277,17 @@ def test_fast_path_for_valid_responses_equals_the_general_parser(parts, make_val
     assert fast.answer_spans() == general.answer_spans()
     # And a fresh fast parse answers pair_spans without building segments, with the same result.
     assert parse_response(text).pair_spans() == general.pair_spans()
+
+
+@pytest.mark.parametrize("after", [
+    "The answer is 4.",
+    "first</think> second",  # a second </think> stays in the answer
+    "x <|block_start|>late<|block_end|> y<|summary_end|>",  # stray markers after </think> too
+    "",
+])
+def test_answer_is_everything_after_the_first_think_end_verbatim(after):
+    response = f"<think>{M.block_start}a{M.block_end}{M.summary_start}s{M.summary_end}</think>" + after
+    trace = parse_response(response)
+    assert trace.answer == after
+    assert parse_response(response, _general=True).answer == after
+    assert parse_response("<think>no end" + after.replace("</think>", "")).answer == ""

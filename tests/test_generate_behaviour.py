@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers_models import build_tiny_model
+from helpers_models import MementoScript, build_tiny_model
 from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.blocks import BlockMaskingConfig, resolve_marker_ids
 from mementokit.errors import ConfigError
@@ -53,32 +53,6 @@ def model(tokenizer):
 def prompts(tokenizer):
     return [chat_prompt(tokenizer, text) for text in
             ("What is 2 + 2?", "Prove that there are infinitely many primes, in detail.", "hi", "Count to ten.")]
-
-
-class MementoScript:
-    """A logits processor that steers a random model into the Memento structure (BS .. BE SS .. SE, repeated),
-    with lengths that depend on the ids so far, so different rows evict at different times. Deterministic."""
-
-    def __init__(self, markers, *, close_blocks: bool = True):
-        self.m = markers
-        self.close_blocks = close_blocks
-
-    def __call__(self, ids, logits):
-        m = self.m
-        logits = logits.clone()
-        marks = [i for i, t in enumerate(ids) if t in m.block_markers]
-        last = ids[marks[-1]] if marks else m.summary_end
-        since = len(ids) - 1 - (marks[-1] if marks else 0)
-        following = {m.summary_end: m.block_start, m.block_start: m.block_end, m.block_end: m.summary_start,
-                     m.summary_start: m.summary_end}[last]
-        if following == m.block_end and not self.close_blocks:
-            logits[list(m.block_markers)] = float("-inf")  # only the cap may close a block
-            return logits
-        if since >= 3 + (sum(ids) % 6):
-            logits[following] += 1e4
-        else:
-            logits[list(m.block_markers)] = float("-inf")
-        return logits
 
 
 # ----- max_block_tokens ---------------------------------------------------------------------------------------

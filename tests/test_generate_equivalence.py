@@ -223,7 +223,7 @@ def _evicting_loop(model, ids, config, markers, *, renumber: bool = False, late:
         given = kv.row_length(0) if (renumber and kv.batch_size) else position
         out = forward(model, kv, plan, torch.tensor([[token]]), [[given if renumber else position]])
         if renumber:
-            kv.positions[0][-1] = position  # keep the bookkeeping in logical terms; only rotary saw the lie
+            kv.pos[0, kv.hi - 1] = position  # keep the bookkeeping in logical terms; only rotary saw the lie
         logits.append(out[0, -1])
         if late:
             runner.evict(kv, 0, carried)

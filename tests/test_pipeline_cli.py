@@ -27,7 +27,9 @@ def local_tokenizer(tmp_path: Path) -> Path:
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator([json.loads(FIXTURE.read_text())["cot"]], trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"]))
+    tok.train_from_iterator(
+        [json.loads(FIXTURE.read_text())["cot"]], trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"])
+    )
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
     return path
@@ -54,7 +56,19 @@ def test_segment_adds_inclusive_blocks_at_the_optimum_with_a_local_tokenizer(tmp
     scored.write_text(json.dumps(row) + "\n")
     tok_path = local_tokenizer(tmp_path)
     out = tmp_path / "seg.jsonl"
-    result = invoke("segment", scored, "--out", out, "--tokenizer", tok_path, "--min-block-tokens", "300", "--variance-penalty", "0.5", "--json")
+    result = invoke(
+        "segment",
+        scored,
+        "--out",
+        out,
+        "--tokenizer",
+        tok_path,
+        "--min-block-tokens",
+        "300",
+        "--variance-penalty",
+        "0.5",
+        "--json",
+    )
     assert json.loads(result.stdout)["rows"] == 1
     blocks = json.loads(out.read_text())["blocks"]
     tok = Tokenizer.from_file(str(tok_path))
@@ -80,7 +94,9 @@ def test_dry_run_estimates_without_calling_anything(tmp_path):
 
 def test_run_then_report_over_the_output_folder(tmp_path):
     with running_server(Script()) as url:
-        result = invoke("run", FIXTURE, "--out", tmp_path / "out", "--model", "m", "--base-url", url, "--api-key", "x", "--json")
+        result = invoke(
+            "run", FIXTURE, "--out", tmp_path / "out", "--model", "m", "--base-url", url, "--api-key", "x", "--json"
+        )
     report = json.loads(result.stdout)
     assert report["traces"] == 1
     again = json.loads(invoke("report", tmp_path / "out", "--json").stdout)
@@ -89,7 +105,13 @@ def test_run_then_report_over_the_output_folder(tmp_path):
 
 def test_select_maps_openthoughts_conversations_and_filters(tmp_path):
     rows = [
-        {"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "<think>2+2=4</think>4"}], "domain": "math"},
+        {
+            "conversations": [
+                {"from": "human", "value": "What is 2+2?"},
+                {"from": "gpt", "value": "<think>2+2=4</think>4"},
+            ],
+            "domain": "math",
+        },
         {"prompt": "p", "full_cot": "no think markers", "domain": "code"},
         {"problem": "q", "cot": "<think>\u4f60\u597d</think>", "domain": "math"},
     ]

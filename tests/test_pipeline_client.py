@@ -32,7 +32,9 @@ def test_429_with_retry_after_and_500_are_retried_until_an_answer():
 
 
 def test_retry_after_is_a_floor_for_the_backoff():
-    client = LLMClient(LLMConfig(model="m", base_url="http://127.0.0.1:9/v1", api_key="x", backoff_base_s=0.01, backoff_max_s=60))
+    client = LLMClient(
+        LLMConfig(model="m", base_url="http://127.0.0.1:9/v1", api_key="x", backoff_base_s=0.01, backoff_max_s=60)
+    )
     import httpx2
     import openai
 
@@ -40,7 +42,9 @@ def test_retry_after_is_a_floor_for_the_backoff():
     exc = openai.RateLimitError("slow down", response=response, body=None)
     assert all(client._retry_delay(exc, attempt) >= 7 for attempt in range(5))
     assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
-    bad = openai.BadRequestError("no", response=httpx2.Response(400, request=httpx2.Request("POST", "http://x")), body=None)
+    bad = openai.BadRequestError(
+        "no", response=httpx2.Response(400, request=httpx2.Request("POST", "http://x")), body=None
+    )
     assert client._retry_delay(bad, 0) is None  # a 400 is not retried
 
 

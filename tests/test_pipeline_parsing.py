@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from mementokit.pipeline.parsing import find_json, parse_boundary_scores, parse_numbered_sections, parse_verdict, parse_verdicts
+import json
+
+from mementokit.pipeline.parsing import (
+    find_json,
+    parse_boundary_scores,
+    parse_numbered_sections,
+    parse_verdict,
+    parse_verdicts,
+)
 
 
 def test_scores_inside_prose_and_a_fence_after_a_think_preamble():
-    text = '<think>\nhmm {"scores": {"1": 3}}\n</think>\nSure! Here you go:\n```json\n{"scores": {"4": 2, "5": "1", "6": 0}}\n```'
+    text = (
+        '<think>\nhmm {"scores": {"1": 3}}\n</think>\nSure! Here you go:\n'
+        '```json\n{"scores": {"4": 2, "5": "1", "6": 0}}\n```'
+    )
     parsed = parse_boundary_scores(text, [4, 5, 6])
     assert parsed.scores == {4: 2.0, 5: 1.0, 6: 0.0} and not parsed.problem
 
@@ -56,3 +67,61 @@ def test_verdicts_by_number_and_a_lone_unnumbered_one():
 
 def test_find_json_skips_invalid_candidates():
     assert find_json('first {not json} then {"a": 1}') == {"a": 1}
+
+
+# --- every common score format, as property tests ------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mementokit.pipeline.parsing import parse_verdicts as _verdicts  # noqa: E402
+
+SCORE_FORMATS = [
+    "SCORE: {s}/10",
+    "**SCORE:** {s}/10",
+    "Score = {s}",
+    "Score (0-10): {s}",
+    "Score 0-10: {s}",
+    "score: {s} / 10",
+    "Score (out of 10): {s}",
+    "Score: {s} out of 10",
+    "Rating: {s}/10",
+    "**Score**: {s}",
+    "SCORE - {s}",
+    "Grade: {s}/10",
+    '{{"score": {s}, "feedback": "fine"}}',
+    '{{"score": "{s}/10"}}',
+]
+
+
+@given(
+    st.integers(0, 10),
+    st.sampled_from(SCORE_FORMATS),
+    st.sampled_from(["", "\n", "  "]),
+    st.sampled_from(["", "\nFEEDBACK: add x=2", "\n**Feedback:** keep 0-10 scale values"]),
+)
+def test_every_common_score_format_reads_the_score_given(score, template, pad, feedback):
+    verdict = parse_verdict(pad + template.format(s=score) + feedback)
+    assert verdict is not None and verdict.score == score
+
+
+@given(
+    st.dictionaries(st.integers(1, 30), st.integers(0, 10), min_size=1, max_size=8),
+    st.sampled_from(["block", "judge", "number", "id"]),
+    st.booleans(),
+)
+def test_a_json_list_of_verdicts_is_read_by_number(scores, key, wrapped):
+    items = [{key: n, "score": s, "feedback": f"fb {n}"} for n, s in reversed(list(scores.items()))]
+    text = json.dumps({"verdicts": items}) if wrapped else "Here you go:\n```json\n" + json.dumps(items) + "\n```"
+    got = _verdicts(text, sorted(scores))
+    assert {n: v.score for n, v in got.items()} == {n: float(s) for n, s in scores.items()}
+    assert all(v.feedback == f"fb {n}" for n, v in got.items())
+
+
+@given(
+    st.dictionaries(st.integers(1, 30), st.integers(0, 10), min_size=1, max_size=6), st.sampled_from(SCORE_FORMATS[:12])
+)
+def test_numbered_judge_sections_in_any_order_with_any_score_format(scores, template):
+    text = "\n\n".join(f"JUDGE {n}:\n{template.format(s=s)}\nFEEDBACK: none" for n, s in reversed(list(scores.items())))
+    got = _verdicts(text, sorted(scores))
+    assert {n: v.score for n, v in got.items()} == {n: float(s) for n, s in scores.items()}

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers_llm_server import Fault, Script, running_server
+from helpers_llm_server import Fault, Script, running_server, trace_variants
 from mementokit.format import parse_response
+from mementokit.jsonl import read_ledger as read_jsonl
+from mementokit.jsonl import repair_tail as _repair_tail
 from mementokit.pipeline.client import LLMConfig
-from mementokit.pipeline.runner import PipelineConfig, _repair_tail, read_jsonl, run_pipeline, shard_of
+from mementokit.pipeline.config import PipelineConfig
+from mementokit.pipeline.runner import run_pipeline, shard_of
 from mementokit.pipeline.select import read_traces
 
 FIXTURE = Path(__file__).parent / "data" / "raw_cot_openthoughts3.jsonl"
@@ -39,7 +42,14 @@ def variants(count):
 
 
 def config(url, **kwargs):
-    llm = LLMConfig(model="scripted", base_url=url, api_key="x", backoff_base_s=0.01, backoff_max_s=0.02, cache_dir=kwargs.pop("cache_dir", None))
+    llm = LLMConfig(
+        model="scripted",
+        base_url=url,
+        api_key="x",
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        cache_dir=kwargs.pop("cache_dir", None),
+    )
     return PipelineConfig(llm=llm, **kwargs)
 
 
@@ -55,7 +65,9 @@ def test_fixture_trace_end_to_end(tmp_path, style):
     cot = fixture_row()["cot"]
     starts = [b[0] for b in result["blocks"]]
     assert starts[0] == 0 and result["blocks"][-1][1] == result["num_sentences"] - 1
-    assert "".join(trace.block_texts()).replace(" ", "").replace("\n", "") == "".join(result["sentences"]).replace(" ", "").replace("\n", "")
+    assert "".join(trace.block_texts()).replace(" ", "").replace("\n", "") == "".join(result["sentences"]).replace(
+        " ", ""
+    ).replace("\n", "")
     assert all(t in cot for t in trace.block_texts())  # blocks are spans of the original text
     assert min(result["block_tokens"]) >= 200
     assert report["traces"] == 1 and report["failed_traces"] == 0
@@ -80,8 +92,11 @@ def test_failed_traces_are_recorded_then_retried_on_rerun(tmp_path):
     with running_server(bad) as url:
         report = run_pipeline(rows, tmp_path, config(url))
     assert report["traces"] == 0 and report["failures_by_stage"] == {"score": 2}
+    assert report["permanent_failures"] == 2  # unusable after every re-ask: skipped by a plain rerun
     with running_server(Script()) as url:
-        report = run_pipeline(rows, tmp_path, config(url))
+        skipped = run_pipeline(rows, tmp_path, config(url))
+        assert skipped["this_run"]["skipped_failed"] == 2 and skipped["this_run"]["llm"]["requests"] == 0
+        report = run_pipeline(rows, tmp_path, config(url, retry_failed=True))
     assert report["traces"] == 2 and report["failed_traces"] == 0
     assert list(read_jsonl(tmp_path / "failures.jsonl")) == []  # compacted: nothing stale left
 
@@ -104,12 +119,15 @@ def test_shards_partition_the_input_and_limit_counts_within_a_shard(tmp_path):
     ids = {r["task_id"] for r in rows}
     with running_server(Script()) as url:
         done = []
-        for i in range(3):
-            run_pipeline(rows, tmp_path / str(i), config(url, shard=(i, 3)))
-            done.append({r["task_id"] for r in read_jsonl(tmp_path / str(i) / "results.jsonl")})
+        for i in range(3):  # three tasks sharing one folder, each with its own ledgers
+            run_pipeline(rows, tmp_path / "shared", config(url, shard=(i, 3)))
+            done.append({r["task_id"] for r in read_jsonl(tmp_path / "shared" / f"results.{i:05d}-of-00003.jsonl")})
+        report = run_pipeline(rows, tmp_path / "shared", config(url, shard=(1, 3)))
         limited = run_pipeline(rows, tmp_path / "limited", config(url, limit=2))
     assert set().union(*done) == ids and sum(len(d) for d in done) == len(ids)
     assert all(shard_of(t, 3) == i for i, d in enumerate(done) for t in d)
+    assert report["traces"] == 6 and report["this_run"]["skipped_finished"] == len(done[1])
+    assert report["traces"] == 6 and report["this_run"]["skipped_finished"] == len(done[1])
     assert limited["traces"] == 2
 
 
@@ -125,15 +143,34 @@ def count_lines(path: Path) -> int:
 
 
 def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_path):
-    rows = variants(8)
+    rows = trace_variants(8)
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     rng = random.Random(1234)
     script = Script(latency_s=0.03)
     with running_server(script) as url:
-        cmd = [sys.executable, "-m", "mementokit.cli", "pipeline", "run", str(source), "--out", str(out), "--model", "m",
-               "--base-url", url, "--api-key", "x", "--workers", "3", "--concurrency", "6", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mementokit.cli",
+            "pipeline",
+            "run",
+            str(source),
+            "--out",
+            str(out),
+            "--model",
+            "m",
+            "--base-url",
+            url,
+            "--api-key",
+            "x",
+            "--traces-in-flight",
+            "3",
+            "--concurrency",
+            "6",
+            "--json",
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         kills = 0
         for _ in range(4):
@@ -156,3 +193,4 @@ def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_pa
     assert sorted(ids) == sorted(r["task_id"] for r in rows)  # none lost, none twice
     assert report["traces"] == 8 and report["failed_traces"] == 0
     assert kills >= 2
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left by the kills

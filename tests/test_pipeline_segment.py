@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -54,11 +53,13 @@ def test_fast_monotone_rows_agree_with_the_exhaustive_layer_on_medium_traces(mon
     for trial in range(12):
         n = int(rng.integers(60, 260))
         tokens = np.maximum(0, rng.lognormal(3, 1.1, n)).astype(int).tolist()
-        scores = rng.choice([0, 0, 1, 2, 3], size=(2, n - 1)).mean(0).tolist() if trial % 2 else rng.random(n - 1).tolist()
+        scores = (
+            rng.choice([0, 0, 1, 2, 3], size=(2, n - 1)).mean(0).tolist() if trial % 2 else rng.random(n - 1).tolist()
+        )
         fast = optimal_segmentation(scores, tokens, min_block_tokens=150, variance_penalty=0.5)
         original_init = seg_module._Solver.__init__
 
-        def exhaustive(self, *args):  # a max constraint of "anything" forces the exhaustive path
+        def exhaustive(self, *args, original_init=original_init):  # a max of "anything": the exhaustive path
             original_init(self, *args)
             self.has_max = True
 

@@ -39,12 +39,18 @@ def test_scores_for_every_boundary_with_two_passes_averaged():
 
 
 def test_malformed_and_incomplete_answers_are_asked_again():
-    script = Script(faults=[Fault("malformed", role="score"), Fault("wrong_count", role="score"), Fault("out_of_range", role="score")])
+    script = Script(
+        faults=[
+            Fault("malformed", role="score"),
+            Fault("wrong_count", role="score"),
+            Fault("out_of_range", role="score"),
+        ]
+    )
     with running_server(script) as url:
         client = client_for(url)
         result = asyncio.run(score_boundaries(client, SENTENCES[:10], None, ScoreConfig(window=32, max_attempts=4)))
     assert len(result.scores) == 9 and all(0 <= s <= 3 for s in result.scores)
-    assert client.usage.stage("score").retries >= 2
+    assert client.usage.stage("score").reasks >= 2
 
 
 def test_a_window_that_never_parses_is_a_failure_not_zeros():
@@ -55,13 +61,19 @@ def test_a_window_that_never_parses_is_a_failure_not_zeros():
     assert info.value.stage == "score"
 
 
-BLOCKS = [" ".join(f"In block {b} step {i} we find y_{i} = {i * b} + sqrt({i})." for i in range(30)) for b in range(1, 6)]
+BLOCKS = [
+    " ".join(f"In block {b} step {i} we find y_{i} = {i * b} + sqrt({i})." for i in range(30)) for b in range(1, 6)
+]
 
 
 def test_messy_answers_in_reversed_order_are_matched_to_blocks_by_number():
     script = Script(style="messy")
     with running_server(script) as url:
-        summaries = asyncio.run(Summarizer(client_for(url), SummarizeConfig(batch_tokens=700, judge_batch_tokens=700)).summarize("p", BLOCKS))
+        summaries = asyncio.run(
+            Summarizer(client_for(url), SummarizeConfig(batch_tokens=700, judge_batch_tokens=700)).summarize(
+                "p", BLOCKS
+            )
+        )
     for block, summary in zip(BLOCKS, summaries):
         assert " ".join(block.split()).startswith(summary.memento[:40])  # the memento of THIS block
     assert all(s.passed and len(s.history) == 2 for s in summaries)  # failed round 1, passed after refining
@@ -82,11 +94,14 @@ def test_a_missing_memento_is_asked_for_again():
         client = client_for(url)
         summaries = asyncio.run(Summarizer(client, SummarizeConfig(rounds=1)).summarize("p", BLOCKS))
     assert len(summaries) == 5 and all(s.memento for s in summaries)
-    assert client.usage.stage("compress").retries == 1
+    assert client.usage.stage("compress").reasks == 1
 
 
 def test_assembled_response_parses_back_to_the_same_blocks_and_mementos():
-    cot = "<think>\nFirst we set up the equation carefully here.\n\nThen we solve it for x and get 4.\n</think>\n\nThe answer is 4."
+    cot = (
+        "<think>\nFirst we set up the equation carefully here.\n\n"
+        "Then we solve it for x and get 4.\n</think>\n\nThe answer is 4."
+    )
     split = split_trace(cot)
     response = assemble_response(cot, split.spans, [(0, 0), (1, 1)], ["set up eq", "x=4"])
     trace = parse_response(response)

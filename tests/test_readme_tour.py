@@ -1,10 +1,11 @@
 """The README's tour runs as written, in order, offline.
 
 The commands are read from the README itself (the "A tour" section: `bash` blocks line by line, `console`
-blocks' `$ ` lines), so the README and this test cannot drift apart. A command marked `# online` (the hub, an LLM
-endpoint) is the only kind skipped. `memento ...` runs in this process through the real app (one interpreter, so
-the tour stays fast); `export NAME=VALUE` sets the environment of the commands after it; `> FILE` writes stdout
-to FILE. Anything else in the tour fails this test, so every line of it stays runnable.
+blocks' `$ ` lines), so the README and this test cannot drift apart. Only commands marked `# online` (the hub, an
+LLM endpoint) or `# your data` (the user's own files) are skipped. `memento ...` runs in this process through the
+real app (one interpreter, so the tour stays fast); a `# server` line runs as a real process until it answers
+/health, then is stopped; `export NAME=VALUE` sets the environment of the commands after it; `> FILE` writes
+stdout to FILE. Anything else in the tour fails this test, so every line of it stays runnable.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,7 +28,8 @@ from mementokit.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-ONLINE = "# online"
+SKIPPED = ("# online", "# your data")
+SERVER = "# server"
 # Commands that the tour does not need to show (each has its own tests and --help example).
 NOT_IN_TOUR = {"pipeline select", "pipeline split", "pipeline score", "pipeline segment", "pipeline summarize",
                "pipeline assemble", "pipeline report"}
@@ -77,6 +84,35 @@ def _run(command: str, env: dict[str, str]) -> None:
         Path(target).write_text(result.stdout, encoding="utf-8")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_until_healthy(command: str, env: dict[str, str]) -> None:
+    """Start a `# server` command as a real process, wait for /health, stop it."""
+    port = _free_port()
+    words = shlex.split(command, comments=True)
+    process = subprocess.Popen([sys.executable, "-m", "mementokit.cli", *words[1:], "--port", str(port)],
+                               env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"{command}\n{process.stdout.read()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"{command}: no answer on /health within 180 s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_the_tour_reads_its_commands_from_the_readme():
     commands = tour_commands(README.read_text(encoding="utf-8"))
     assert commands[0] == "export HF_HUB_OFFLINE=1"
@@ -109,9 +145,12 @@ def test_the_readme_tour_runs_offline_in_order(tmp_path, monkeypatch):
     env: dict[str, str] = {}
     ran = 0
     for command in tour_commands(README.read_text(encoding="utf-8")):
-        if ONLINE in command:
+        if any(mark in command for mark in SKIPPED):
             continue
-        _run(command, env)
+        if SERVER in command:
+            _serve_until_healthy(command, env)
+        else:
+            _run(command, env)
         ran += 1
     assert ran >= 14
     assert env["HF_HUB_OFFLINE"] == "1"

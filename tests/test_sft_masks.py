@@ -14,7 +14,8 @@ from helpers_tokenizer import build_tiny_tokenizer
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mementokit.blocks import BlockMaskingConfig, compact_mask, dense_allowed, resolve_marker_ids
+from mementokit.blocks import BlockMaskingConfig, MarkerIds, compact_mask, dense_allowed, resolve_marker_ids
+from mementokit.errors import InputError
 from mementokit.sft import MementoCollator, SFTTokenizer, attention_mask_for_model, iter_chat_examples
 
 torch.set_num_threads(1)
@@ -211,3 +212,39 @@ def test_eager_and_sdpa_agree_on_a_padded_stage_two_batch(tokenizer):
     assert torch.isfinite(logits["eager"]).all() and torch.isfinite(logits["sdpa"]).all()
     real = batch["labels"] != -100
     torch.testing.assert_close(logits["sdpa"][real], logits["eager"][real], rtol=1e-4, atol=1e-4)
+
+
+# ---- the collator's max_length cut keeps the mask of the CUT sequence (issue 9) ------------------------------
+CUT_MARKERS = MarkerIds(block_start=10, block_end=11, summary_start=12, summary_end=13)  # no gating
+CUT_TOKENS = st.lists(st.sampled_from([10, 11, 12, 13, 1, 2]), min_size=1, max_size=24)
+cut_configs = st.builds(
+    lambda keep, delimiters, answer, restart: BlockMaskingConfig(
+        keep_last_n_blocks=keep, mask_delimiters=delimiters, keep_last_block_for_answer=answer, restart_mode=restart),
+    st.integers(0, 2), st.booleans(), st.booleans(), st.booleans())
+
+
+def test_restart_mode_cut_before_the_summary_end_hides_nothing():
+    # [BS 1 BE SS 2 3 SE 1] cut to 6 tokens: the summary never ends, so no key is hidden.
+    config = BlockMaskingConfig(keep_last_n_blocks=0, mask_delimiters=False, restart_mode=True)
+    ids = [10, 1, 11, 12, 2, 3, 13, 1]
+    spans = compact_mask(ids, config, CUT_MARKERS)
+    assert spans and compact_mask(ids[:6], config, CUT_MARKERS) == []
+    batch = MementoCollator(pad_token_id=0, max_length=6)([{"input_ids": ids, "labels": ids, "mask_spans": spans}])
+    assert np.array_equal(allowed_of(batch["attention_mask"])[0], np.tri(6, dtype=bool))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=CUT_TOKENS, config=cut_configs, data=st.data())
+def test_collator_cut_equals_the_dense_mask_of_the_cut_sequence(ids, config, data):
+    cut = data.draw(st.integers(1, len(ids)))
+    spans = compact_mask(ids, config, CUT_MARKERS)
+    batch = MementoCollator(pad_token_id=0, max_length=cut)([{"input_ids": ids, "labels": ids, "mask_spans": spans}])
+    assert np.array_equal(allowed_of(batch["attention_mask"])[0], dense_allowed(ids[:cut], config, CUT_MARKERS))
+
+
+def test_collator_feature_without_labels_is_a_clear_error():
+    collate = MementoCollator(pad_token_id=0)
+    with pytest.raises(InputError, match="example 1 of the batch has no 'labels'"):
+        collate([{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [1, 2, 3]}])
+    with pytest.raises(InputError, match="no 'input_ids'"):
+        collate([{"labels": [1, 2]}])

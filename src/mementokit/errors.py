@@ -42,6 +42,34 @@ class TraceFormatError(MementoError):
     """A response that breaks the Memento format in strict mode."""
 
 
+class LLMError(MementoError):
+    """An LLM call that failed for good (after its retries), or an answer that could not be used."""
+
+
+class LLMAbort(LLMError):
+    """The endpoint refuses every call in the same way (bad key, wrong URL, nothing listening): stop the run."""
+
+
+class StageFailure(MementoError):
+    """A pipeline stage could not produce its output for one trace.
+
+    `permanent`: the trace can never succeed as it is (no text inside <think>, marker strings in it, answers that
+    stayed unusable after every re-ask); the runner records it and skips it on reruns unless told to retry.
+    """
+
+    def __init__(self, stage: str, message: str, *, permanent: bool = False):
+        self.stage = stage
+        self.permanent = permanent
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (_rebuild_stage_failure, (type(self), self.stage, str(self), self.permanent))
+
+
+def _rebuild_stage_failure(cls, stage, message, permanent):
+    return cls(stage, message, permanent=permanent)
+
+
 def _rebuild(cls, state):
     error = cls.__new__(cls)
     error.__dict__.update(state)

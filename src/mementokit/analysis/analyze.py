@@ -12,12 +12,11 @@ import os
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mementokit.analysis.stats import (
     PAIR_COLUMNS,
@@ -25,11 +24,14 @@ from mementokit.analysis.stats import (
     TRACE_COLUMNS,
     TRACE_TOKEN_COLUMNS,
     ChunkResult,
-    TraceInput,
     measure_chunk,
     summarize_values,
 )
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
+from mementokit.records import TraceRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Figures reported per trace and per block in the summary (and drawn in the plots).
 SUMMARY_TRACE_METRICS = (
@@ -48,49 +50,82 @@ SUMMARY_TRACE_METRICS = (
 SUMMARY_TOKEN_TRACE_METRICS = ("tokens", "block_tokens", "summary_tokens", "wrapper_tokens", "answer_tokens", "token_ratio", "token_compression")
 
 
-@dataclass
 class AnalysisReport:
-    """Everything `memento analyze` found: the per-trace table, the per-pair table, and their summary."""
+    """Everything `memento analyze` found: the per-trace table, the per-pair table, and their summary.
 
-    traces: pd.DataFrame  # one row per trace
-    pairs: pd.DataFrame  # one row per block-memento pair: domain, trace_index, PAIR_COLUMNS (+ tokens)
-    tokenizer: str | None = None
-    skipped: int = 0
-    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    Held as columns (numpy arrays, lists for strings); `traces` and `pairs` are pandas DataFrames built on
+    first use, so that a summary alone never imports pandas.
+    """
+
+    def __init__(
+        self,
+        columns: dict[str, Any],
+        pair_columns: dict[str, Any],
+        tokenizer: str | None = None,
+        skipped: int = 0,
+        skipped_reasons: dict[str, int] | None = None,
+        reader: str = "",
+    ):
+        self.columns = columns  # index, origin, domain, source, valid, problem_list, TRACE_COLUMNS (+ tokens)
+        self.pair_columns = pair_columns  # trace_index, domain, PAIR_COLUMNS (+ tokens)
+        self.tokenizer = tokenizer
+        self.skipped = skipped
+        self.skipped_reasons = skipped_reasons if skipped_reasons is not None else {}
+        self.reader = reader  # how the input was read and measured (memento analyze --verbose)
+
+    def __len__(self) -> int:
+        return len(self.columns["index"])
+
+    @cached_property
+    def traces(self) -> pd.DataFrame:
+        """One row per trace: index, origin, domain, source, valid, problem_list, then the measurements."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
+
+    @cached_property
+    def pairs(self) -> pd.DataFrame:
+        """One row per block-memento pair: trace_index, domain, PAIR_COLUMNS (+ tokens)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.pair_columns)
 
     @property
     def domains(self) -> list[str]:
-        """Domains, most traces first."""
-        counts = self.traces["domain"].value_counts(sort=True)
-        return [str(d) for d in counts.index]
+        """Domains, most traces first (ties in order of first appearance, as pandas' value_counts)."""
+        return [str(d) for d, _ in Counter(self.columns["domain"]).most_common()]
 
-    def _group_summary(self, traces: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, Any]:
-        invalid = Counter(p for problems in traces["problem_list"] for p in problems)
+    def _group_summary(self, rows: np.ndarray | slice, pairs: np.ndarray | slice) -> dict[str, Any]:
+        columns, pair_columns = self.columns, self.pair_columns
+        valid = columns["valid"][rows]
+        problem_lists = columns["problem_list"]
+        chosen = range(len(problem_lists)) if isinstance(rows, slice) else np.flatnonzero(rows).tolist()
+        invalid = Counter(p for i in chosen for p in problem_lists[i])
         trace_metrics = SUMMARY_TRACE_METRICS + (SUMMARY_TOKEN_TRACE_METRICS if self.tokenizer else ())
         pair_metrics = PAIR_COLUMNS + (PAIR_TOKEN_COLUMNS if self.tokenizer else ())
         return {
-            "traces": int(len(traces)),
-            "valid": int(traces["valid"].sum()) if len(traces) else 0,
-            "invalid": int((~traces["valid"]).sum()) if len(traces) else 0,
+            "traces": int(len(valid)),
+            "valid": int(valid.sum()) if len(valid) else 0,
+            "invalid": int((~valid).sum()) if len(valid) else 0,
             "invalid_by_problem": dict(sorted(invalid.items())),
-            "block_memento_pairs": int(len(pairs)),
-            "per_trace": {m: summarize_values(traces[m].to_numpy()) for m in trace_metrics},
-            "per_block": {m: summarize_values(pairs[m].to_numpy()) for m in pair_metrics},
+            "block_memento_pairs": int(len(pair_columns["trace_index"][pairs])),
+            "per_trace": {m: summarize_values(columns[m][rows]) for m in trace_metrics},
+            "per_block": {m: summarize_values(pair_columns[m][pairs]) for m in pair_metrics},
         }
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: `by_domain.<domain>` and `overall`, each with traces, per_trace, per_block."""
+        trace_domains = np.asarray(self.columns["domain"], dtype=object)
+        pair_domains = np.asarray(self.pair_columns["domain"], dtype=object)
         by_domain = {}
         for domain in self.domains:
-            by_domain[domain] = self._group_summary(
-                self.traces[self.traces["domain"] == domain], self.pairs[self.pairs["domain"] == domain]
-            )
+            by_domain[domain] = self._group_summary(trace_domains == domain, pair_domains == domain)
         return {
             "tokenizer": self.tokenizer,
             "skipped": self.skipped,
             "skipped_reasons": self.skipped_reasons,
             "by_domain": by_domain,
-            "overall": self._group_summary(self.traces, self.pairs),
+            "overall": self._group_summary(slice(None), slice(None)),
         }
 
 
@@ -109,12 +144,13 @@ def _init_worker(tokenizer_name: str | None, markers: Markers, keep_last: int, s
     _worker_options = {"markers": markers, "keep_last": keep_last, "strict": strict}
 
 
-def _work(chunk: list[TraceInput]) -> ChunkResult:
+def _work(chunk: list[TraceRecord]) -> ChunkResult:
     return measure_chunk(chunk, _worker_tokenizer, **_worker_options)
 
 
-def _chunks(items: Iterable[TraceInput], size: int) -> Iterator[list[TraceInput]]:
-    iterator = iter(items)
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[TraceRecord]]:
+    # Workers get records without their rows (the text they measure, nothing more to pickle).
+    iterator = (TraceRecord.of(item).without_raw() for item in items)
     while chunk := list(islice(iterator, size)):
         yield chunk
 
@@ -145,7 +181,7 @@ class _Columns:
 
 
 def analyze_traces(
-    traces: Iterable[TraceInput],
+    traces: Iterable[TraceRecord],
     *,
     tokenizer: str | None = None,
     markers: Markers = DEFAULT_MARKERS,
@@ -193,25 +229,26 @@ def analyze_traces(
 
 def _report(columns: _Columns, tokenizer: str | None) -> AnalysisReport:
     meta = columns.meta or {"index": [], "origin": [], "domain": [], "source": [], "valid": [], "problem_list": []}
-    table = pd.DataFrame(
-        {
-            "index": np.asarray(meta["index"], dtype=np.int64),
-            "origin": meta["origin"],
-            "domain": meta["domain"],
-            "source": meta["source"],
-            "valid": np.asarray(meta["valid"], dtype=bool),
-            "problem_list": meta["problem_list"],
-        }
-    )
+    table: dict[str, Any] = {
+        "index": np.asarray(meta["index"], dtype=np.int64),
+        "origin": meta["origin"],
+        "domain": meta["domain"],
+        "source": meta["source"],
+        "valid": np.asarray(meta["valid"], dtype=bool),
+        "problem_list": meta["problem_list"],
+    }
     names = TRACE_COLUMNS + (TRACE_TOKEN_COLUMNS if tokenizer else ())
     for name in names:
         table[name] = np.frombuffer(columns.rows[name], dtype=np.float64) if name in columns.rows else np.zeros(0)
     for name in ("chars", "blocks", "mementos", "problems") + (("tokens",) if tokenizer else ()):
         table[name] = table[name].astype(np.int64)
-    pairs = pd.DataFrame({"trace_index": np.frombuffer(columns.pair_trace, dtype=np.int64), "domain": columns.pair_domain})
+    pairs: dict[str, Any] = {
+        "trace_index": np.frombuffer(columns.pair_trace, dtype=np.int64),
+        "domain": columns.pair_domain,
+    }
     for name in PAIR_COLUMNS + (PAIR_TOKEN_COLUMNS if tokenizer else ()):
         pairs[name] = np.frombuffer(columns.pairs[name], dtype=np.float64) if name in columns.pairs else np.zeros(0)
-    return AnalysisReport(traces=table, pairs=pairs, tokenizer=tokenizer)
+    return AnalysisReport(table, pairs, tokenizer=tokenizer)
 
 
 def write_trace_table(report: AnalysisReport, path) -> None:

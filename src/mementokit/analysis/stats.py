@@ -19,6 +19,7 @@ from mementokit.analysis.textstats import WordCounter
 from mementokit.format.compress import compress_trace
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
 from mementokit.format.trace import Kind, Trace, parse_response
+from mementokit.records import TraceRecord
 
 # Per-block (block-memento pair) measurements.
 PAIR_COLUMNS = ("block_chars", "summary_chars", "block_words", "summary_words", "char_ratio", "word_ratio")
@@ -60,6 +61,23 @@ def _ratio(num: float, den: float) -> float:
 
 def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else math.nan
+
+
+def compressed_length(trace: Trace, keep_last: int, spans: Sequence[tuple[int, int, int, int]] | None = None) -> int:
+    """len(compress_trace(trace, keep_last)), without building the string for a valid trace.
+
+    On a valid trace every block is closed and has its memento, and compress_trace drops all but the last
+    `keep_last` whole (content and both block markers); a malformed trace goes through compress_trace itself
+    (the block state machine decides what its text view keeps).
+    """
+    if keep_last < 0:
+        raise ValueError("keep_last must be >= 0")
+    if trace.issues:
+        return len(compress_trace(trace, keep_last))
+    spans = trace.pair_spans() if spans is None else spans
+    dropped = spans[: max(0, len(spans) - keep_last)]
+    markers = len(trace.markers.block_start) + len(trace.markers.block_end)
+    return len(trace.response) - sum(e - b + markers for b, e, _, _ in dropped)
 
 
 def trace_measurements(
@@ -110,7 +128,7 @@ def trace_measurements(
     answer_words = sum(counts[2 * n :])
     block_chars, summary_chars = sum(pairs["block_chars"]), sum(pairs["summary_chars"])
     block_words, summary_words = sum(pairs["block_words"]), sum(pairs["summary_words"])
-    compressed = len(compress_trace(trace, keep_last)) if keep_last is not None else math.nan
+    compressed = compressed_length(trace, keep_last, spans) if keep_last is not None else math.nan
     row: dict[str, float] = {
         "chars": len(response),
         "blocks": n if trace.is_valid else sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
@@ -147,29 +165,27 @@ def trace_measurements(
     return row, pairs
 
 
-@dataclass
-class TraceInput:
-    """What the analysis needs of one trace (picklable, for worker processes)."""
-
-    response: str
-    domain: str = "unknown"
-    origin: str = ""
-    index: int = 0
-    source: str | None = None
+def TraceInput(  # noqa: N802 - the name of the class it replaces
+    response: str, domain: str = "unknown", origin: str = "", index: int = 0, source: str | None = None
+) -> TraceRecord:
+    """Deprecated: the analysis-only record of old, now a `TraceRecord` (mementokit.records) with these fields."""
+    return TraceRecord(None, response, domain, source, origin=origin, index=index)
 
 
 @dataclass
 class ChunkResult:
     """Columnar measurements of a chunk of traces (what a worker sends back)."""
 
-    meta: dict[str, list] = field(default_factory=lambda: {"index": [], "origin": [], "domain": [], "source": [], "valid": [], "problem_list": []})
+    meta: dict[str, list] = field(
+        default_factory=lambda: {"index": [], "origin": [], "domain": [], "source": [], "valid": [], "problem_list": []}
+    )
     rows: dict[str, list[float]] = field(default_factory=dict)
     pairs: dict[str, list[float]] = field(default_factory=dict)
     pair_domain: list[str] = field(default_factory=list)
 
 
 def measure_chunk(
-    traces: Sequence[TraceInput],
+    traces: Sequence[TraceRecord],
     tokenizer=None,
     *,
     markers: Markers = DEFAULT_MARKERS,
@@ -214,4 +230,10 @@ def summarize_values(values: Iterable[float]) -> dict[str, float | int]:
     if arr.size == 0:
         return {"count": 0, "mean": None, "median": None, "p10": None, "p90": None}
     p10, median, p90 = np.percentile(arr, [10, 50, 90])
-    return {"count": int(arr.size), "mean": float(arr.mean()), "median": float(median), "p10": float(p10), "p90": float(p90)}
+    return {
+        "count": int(arr.size),
+        "mean": float(arr.mean()),
+        "median": float(median),
+        "p10": float(p10),
+        "p90": float(p90),
+    }

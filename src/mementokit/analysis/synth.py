@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,6 +36,7 @@ import numpy as np
 
 from mementokit.errors import ConfigError
 from mementokit.format.builders import build_response, response_from_segments
+from mementokit.jsonl import write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -382,48 +382,12 @@ def _rows(n: int, seed: int) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ files
 
 
-def _default_file_mode(path: Path) -> int:
-    """The existing file's mode when replacing one, else 0666 less the umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _write_jsonl_atomically(path: str | os.PathLike, rows: Iterator[dict[str, Any]], progress: Callable[[int], None] | None) -> int:
-    """Write rows to a temporary file beside `path`, then rename it over `path` (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    written = pending = 0
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                written += 1
-                pending += 1
-                if progress is not None and pending >= 64:
-                    progress(pending)
-                    pending = 0
-        # mkstemp files are private (0600); give the result the mode a plain open() would have.
-        os.chmod(handle.name, _default_file_mode(path))
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    if progress is not None and pending:
-        progress(pending)
-    return written
-
-
 def write_synthetic_jsonl(path: str | os.PathLike, n: int, seed: int = 0, *, progress: Callable[[int], None] | None = None) -> int:
     """Write `synthetic_rows(n, seed)` as JSON lines (UTF-8) to `path`, atomically; returns the row count.
 
     `progress` is called with the number of rows written since its last call.
     """
-    return _write_jsonl_atomically(path, synthetic_rows(n, seed), progress)
+    return write_jsonl_atomic(path, synthetic_rows(n, seed), progress)
 
 
 def real_sample_row(fixture_path: str | os.PathLike) -> dict[str, Any]:
@@ -446,7 +410,7 @@ def build_sample(out_path: str | os.PathLike, fixture_path: str | os.PathLike, n
     Written atomically; returns the number of rows.
     """
     real = real_sample_row(fixture_path)
-    return _write_jsonl_atomically(out_path, chain([real], synthetic_rows(n_synthetic, seed)), None)
+    return write_jsonl_atomic(out_path, chain([real], synthetic_rows(n_synthetic, seed)))
 
 
 def sample_license_text(upstream_license: str, n_synthetic: int = SAMPLE_N_SYNTHETIC, seed: int = SAMPLE_SEED) -> str:

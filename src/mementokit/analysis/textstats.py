@@ -29,10 +29,11 @@ def _code_units(text: str) -> np.ndarray:
     """One integer per character (code point, or U+FFFF for anything beyond the BMP: never whitespace)."""
     if text.isascii():  # O(1) in CPython; then encoding is a copy
         return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    units = text.encode("utf-16-le")
+    # surrogatepass: a lone surrogate (valid in a Python str, e.g. from a JSON "\ud800") is one unit, not an error.
+    units = text.encode("utf-16-le", "surrogatepass")
     if len(units) == 2 * len(text):  # no character beyond the BMP: one code unit per character
         return np.frombuffer(units, dtype=np.uint16)
-    return np.minimum(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32), 0xFFFF)
+    return np.minimum(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32), 0xFFFF)
 
 
 def _is_word_char(units: np.ndarray) -> np.ndarray:

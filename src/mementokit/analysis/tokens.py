@@ -8,11 +8,14 @@ the segment its first character falls in, which costs one batched `tokenizers` c
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from mementokit.errors import ConfigError
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
@@ -48,7 +51,12 @@ def token_offsets_batch(tokenizer, texts: Sequence[str]) -> list[list[tuple[int,
 
     Sorted by start, so `bisect_left(offsets, (position,))` counts the tokens that start before `position`.
     """
-    return [enc.offsets for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    texts = list(texts)
+    try:
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    except TypeError:  # a lone surrogate (a JSON "\ud800") is no UTF-8: U+FFFD keeps every offset in place
+        encodings = tokenizer.encode_batch([_SURROGATE.sub("\ufffd", t) for t in texts], add_special_tokens=False)
+    return [enc.offsets for enc in encodings]
 
 
 def disable_tokenizer_threads() -> None:

@@ -13,7 +13,9 @@ from mementokit.blocks.masks import (
     additive_mask,
     allowed_from_evictions,
     compact_mask,
+    compact_spans,
     dense_allowed,
+    spans_within,
     visible_key_counts,
 )
 from mementokit.blocks.state import BlockStateMachine, Eviction, evictions_for_sequence
@@ -29,9 +31,11 @@ __all__ = [
     "additive_mask",
     "allowed_from_evictions",
     "compact_mask",
+    "compact_spans",
     "dense_allowed",
     "evictions_for_sequence",
     "resolve_marker_ids",
     "single_token_id",
+    "spans_within",
     "visible_key_counts",
 ]

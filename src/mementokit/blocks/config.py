@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mementokit.errors import ConfigError
+from mementokit.format.machine import queues_completed_blocks
 from mementokit.format.markers import DEFAULT_MARKERS
 
 TOKEN_FIELDS = (
@@ -37,6 +38,15 @@ _BOOL_FIELDS = (
 _INT_FIELDS = ("keep_last_n_blocks", "max_block_tokens")
 
 
+def _mask_delimiters_required(where: str) -> str:
+    return (
+        f"block masking config{where}: 'mask_delimiters' is required when 'enable' is true "
+        "(false: keep <|block_start|>/<|block_end|> visible, Qwen3/OLMo-3 training; "
+        "true: hide them with the block, Phi-4 training). There is no default, so inference cannot "
+        "silently differ from training."
+    )
+
+
 @dataclass(frozen=True)
 class BlockMaskingConfig:
     """Which tokens a Memento model stops seeing, and when (see block-semantics.md).
@@ -47,7 +57,7 @@ class BlockMaskingConfig:
 
     enable: bool = True
     keep_last_n_blocks: int = 0
-    mask_delimiters: bool = False
+    mask_delimiters: bool | None = None  # required when enabled (no silent default); read as false when disabled
     compact_on_summary_end: bool = True
     require_assistant_section: bool = True
     restart_mode: bool = False
@@ -63,6 +73,11 @@ class BlockMaskingConfig:
     assistant_token: str = "assistant"
 
     def __post_init__(self) -> None:
+        # One rule for Python and JSON (from_dict): no silent default for mask_delimiters when masking is on.
+        if self.mask_delimiters is None:
+            if self.enable is True:
+                raise ConfigError(_mask_delimiters_required(""))
+            object.__setattr__(self, "mask_delimiters", False)
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"block masking: '{name}' must be true or false, got {getattr(self, name)!r}")
@@ -76,7 +91,8 @@ class BlockMaskingConfig:
                 f"got {self.keep_last_n_blocks}"
             )
         if self.max_block_tokens < 0:
-            raise ConfigError(f"block masking: 'max_block_tokens' must be >= 0 (0 = no cap), got {self.max_block_tokens}")
+            raise ConfigError(
+                f"block masking: 'max_block_tokens' must be >= 0 (0 = no cap), got {self.max_block_tokens}")
         for name in TOKEN_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -112,15 +128,8 @@ class BlockMaskingConfig:
                 stacklevel=2,
             )
             values["enable"] = False
-        if values.get("mask_delimiters") is None:
-            if values["enable"]:
-                raise ConfigError(
-                    f"block masking config{where}: 'mask_delimiters' is required when 'enable' is true "
-                    "(false: keep <|block_start|>/<|block_end|> visible, Qwen3/OLMo-3 training; "
-                    "true: hide them with the block, Phi-4 training). There is no default, so inference cannot "
-                    "silently differ from training."
-                )
-            values["mask_delimiters"] = False
+        if values.get("mask_delimiters") is None and values["enable"] is True:
+            raise ConfigError(_mask_delimiters_required(where))
         for name in TOKEN_FIELDS:
             # A JSON integer is read as the id it obviously means ("a string holding an integer is a token id").
             if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
@@ -154,8 +163,9 @@ class BlockMaskingConfig:
     # ---- derived --------------------------------------------------------------------------------------------
     @property
     def evicts(self) -> bool:
-        """Whether any block can ever be evicted under this configuration."""
-        return self.enable and self.compact_on_summary_end and self.keep_last_n_blocks >= 0
+        """Whether any block can ever be evicted under this configuration (keep_last_block_for_answer evicts at
+        block starts even without compact_on_summary_end, as the overlay does)."""
+        return queues_completed_blocks(self)
 
     @property
     def defers_to_next_block(self) -> bool:

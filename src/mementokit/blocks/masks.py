@@ -11,7 +11,7 @@ Three forms, from cheapest to dearest:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -20,11 +20,25 @@ from mementokit.blocks.state import Eviction, evictions_for_sequence
 from mementokit.blocks.tokens import MarkerIds
 
 
+def compact_spans(evictions: Iterable[Eviction]) -> list[tuple[int, ...]]:
+    """The stored form of evictions: (key_start, key_stop, trigger), plus the reporting position `at` when it
+    comes after the trigger (restart mode: the block is hidden from its summary start, but only once the summary
+    END exists; a sequence cut before it must not hide anything, see `spans_within`)."""
+    return [(e.key_start, e.key_stop, e.trigger) if e.at == e.trigger else (e.key_start, e.key_stop, e.trigger, e.at)
+            for e in evictions]
+
+
+def spans_within(spans: Iterable[Sequence[int]], length: int) -> list[tuple[int, ...]]:
+    """The spans of a sequence cut to its first `length` tokens: an eviction reported at or after the cut never
+    happened (its summary end, or the block start that flushes it, was cut off)."""
+    return [tuple(s) for s in spans if (s[3] if len(s) > 3 else s[2]) < length]
+
+
 def compact_mask(token_ids, config: BlockMaskingConfig, markers: MarkerIds, *,
-                 start_inside_assistant: bool = False) -> list[tuple[int, int, int]]:
-    """(key_start, key_stop, trigger) triples: keys range(key_start, key_stop) are hidden from queries >= trigger."""
-    return [(e.key_start, e.key_stop, e.trigger)
-            for e in evictions_for_sequence(token_ids, config, markers, start_inside_assistant=start_inside_assistant)]
+                 start_inside_assistant: bool = False) -> list[tuple[int, ...]]:
+    """Keys range(key_start, key_stop) are hidden from queries >= trigger; see `compact_spans` for the form."""
+    return compact_spans(evictions_for_sequence(token_ids, config, markers,
+                                                start_inside_assistant=start_inside_assistant))
 
 
 def allowed_from_evictions(evictions: Iterable[Eviction] | Iterable[tuple[int, int, int]], length: int, *,
@@ -87,4 +101,4 @@ def additive_mask(token_ids, config: BlockMaskingConfig, markers: MarkerIds, *, 
 
 
 def _rectangles(evictions) -> Sequence[tuple[int, int, int]]:
-    return [(e.key_start, e.key_stop, e.trigger) if isinstance(e, Eviction) else tuple(e) for e in evictions]
+    return [(e.key_start, e.key_stop, e.trigger) if isinstance(e, Eviction) else tuple(e[:3]) for e in evictions]

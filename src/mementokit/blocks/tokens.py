@@ -8,6 +8,7 @@ never a silent mismatch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mementokit.blocks.config import BlockMaskingConfig
 from mementokit.errors import ConfigError
@@ -40,10 +41,12 @@ class MarkerIds:
 
 def _as_explicit_id(text: str) -> int | None:
     """A marker given as an integer in a string ("151669") is that token id."""
-    stripped = text.strip()
-    if stripped.isdigit():
-        return int(stripped)
-    return None
+    # As the overlay reads it: whatever int() accepts. str.isdigit() is not enough ("²" is a digit to it, and
+    # int("²") fails), so ask int() itself.
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def single_token_id(tokenizer, text: str) -> int | None:
@@ -56,14 +59,15 @@ def single_token_id(tokenizer, text: str) -> int | None:
         return int(ids[0])
     # A vocabulary entry that encode() splits (normalisation, prefix spaces) still names one id.
     token_id = tokenizer.convert_tokens_to_ids(text)
-    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(token_id) == text:
+    if (isinstance(token_id, int) and token_id != tokenizer.unk_token_id
+            and tokenizer.convert_ids_to_tokens(token_id) == text):
         return token_id
     return None
 
 
 def resolve_marker_ids(tokenizer, config: BlockMaskingConfig | None = None) -> MarkerIds:
     """Resolve the configured marker strings to ids. ConfigError when a block marker is not one token."""
-    config = config or BlockMaskingConfig()
+    config = config or BlockMaskingConfig.vanilla()  # only its marker strings are read
     vocab_size = len(tokenizer)
     resolved: dict[str, int] = {}
     for field in _BLOCK_MARKER_FIELDS:
@@ -97,7 +101,7 @@ def add_block_markers(tokenizer, config: BlockMaskingConfig | None = None) -> in
     """
     from tokenizers import AddedToken
 
-    config = config or BlockMaskingConfig()
+    config = config or BlockMaskingConfig.vanilla()  # only its marker strings are read
     texts = [getattr(config, f) for f in _BLOCK_MARKER_FIELDS if _as_explicit_id(getattr(config, f)) is None]
     before = len(tokenizer)
     missing = [t for t in texts if len(tokenizer.encode(t, add_special_tokens=False)) != 1]

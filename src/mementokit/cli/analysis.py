@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mementokit.cli.console import progress_bar, stderr, stdout, table, write_json
-from mementokit.cli.options import ConfigOpt, FieldOpt, InputArg, LimitOpt, SkipBadOpt, SplitOpt, open_traces
+from mementokit.cli.options import ConfigOpt, FieldOpt, InputArg, LimitOpt, SkipBadOpt, SplitOpt, field_map, open_traces
 from mementokit.data import sample_path
 from mementokit.errors import InputError
 
@@ -83,6 +83,7 @@ def analyze(
     workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Processes [default: every core].", min=1, show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first trace with a format problem.")] = False,
     skip_bad: SkipBadOpt = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Say how the input was read and measured.")] = False,
 ) -> None:
     """Measure compression (chars, words, tokens) per domain, with plots and an HTML report.
 
@@ -96,9 +97,8 @@ def analyze(
 
         memento analyze traces.jsonl --field response=cot --json
     """
-    from mementokit.analysis.analyze import analyze_traces
+    from mementokit.analysis.partitioned import analyze_source
     from mementokit.analysis.report import write_report
-    from mementokit.analysis.stats import TraceInput
     from mementokit.io import ReadStats
 
     if input and dataset:
@@ -106,21 +106,22 @@ def analyze(
     if table_format not in ("parquet", "csv"):
         raise InputError(f"--table-format must be parquet or csv, got '{table_format}'")
     source = dataset or input or str(sample_path())
-    read = dict(config=config, split=split, limit=limit, fields=fields, skip_bad=skip_bad, shuffle_seed=shuffle_seed,
-                shuffle_buffer=shuffle_buffer, stratify_by="domain" if stratify else None)
+    read = dict(config=config, split=split, limit=limit, shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer,
+                skip_bad=skip_bad)
     read_stats = ReadStats()
-    inputs = (TraceInput(r.response, r.domain, r.origin, r.index, r.source)
-              for r in open_traces(source, stats=read_stats, **read))
     with progress_bar(limit, "analysing") as advance:
-        report = analyze_traces(inputs, tokenizer=tokenizer, keep_last=keep_last, strict=strict, workers=workers,
-                                progress=advance)
-    report.skipped, report.skipped_reasons = read_stats.rows_skipped, dict(read_stats.skipped_by_kind)
-    if len(report.traces) == 0:
+        report = analyze_source(source, stratify=stratify, field_map=field_map(fields), stats=read_stats,
+                                tokenizer=tokenizer, keep_last=keep_last, strict=strict, workers=workers,
+                                progress=advance, **read)
+    if verbose:
+        stderr.print(f"input: {report.reader}", highlight=False)
+    if len(report) == 0:
         raise InputError("no traces to analyse", path=source)
     out_dir = out if (out is not None or as_json) else Path("memento-report")
     written = []
     if out_dir is not None:
-        kv_section = _kv_section(lambda: open_traces(source, **read), tokenizer, out_dir) if tokenizer and plots else None
+        traces = lambda: open_traces(source, fields=fields, stratify_by="domain" if stratify else None, **read)
+        kv_section = _kv_section(traces, tokenizer, out_dir) if tokenizer and plots else None
         written = write_report(report, out_dir, source=source, table_format=table_format, plots=plots,
                                kv_section=kv_section)
     summary = report.summary() | {"source": source}

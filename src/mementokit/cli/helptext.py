@@ -71,6 +71,8 @@ def _example_commands(text: str) -> list[str]:
         line = raw.strip().removeprefix("$ ")
         if not line:
             continue
+        if line.startswith("-") and not pending and commands:  # an option on its own line continues the command
+            pending = commands.pop()
         pending = f"{pending} {line}".strip()
         if pending.endswith("\\"):
             pending = pending[:-1].rstrip()
@@ -106,6 +108,8 @@ def first_sentence(text: str) -> str:
 def _tidy_command(info) -> None:
     text = info.help if isinstance(info.help, str) else inspect.getdoc(info.callback) or ""
     info.help = tidy_help(text)
+    if isinstance(info.epilog, str) and _EXAMPLE_HEADER.search(info.epilog):  # examples given as an epilog
+        info.epilog = tidy_help(info.epilog)
     if not isinstance(info.short_help, str):
         info.short_help = first_sentence(text)
 

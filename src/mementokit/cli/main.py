@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import mementokit
-from mementokit.cli import analysis, demo, generation, kv, pipeline, sft
+from mementokit.cli import analysis, demo, distill, generation, kv, pipeline, serve, sft
 from mementokit.cli.helptext import tidy_app_help
 from mementokit.errors import MementoError
 
@@ -58,7 +58,7 @@ def _root(
     """
 
 
-for _module in (analysis, kv, generation, sft, demo, pipeline):
+for _module in (analysis, kv, generation, sft, demo, serve, pipeline, distill):
     _module.register(app)
 tidy_app_help(app)
 

@@ -2,7 +2,8 @@
 
     from mementokit.generate import BlockMaskedGenerator, SamplingParams, chat_prompt, replay
 
-    generator = BlockMaskedGenerator(model, tokenizer, '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}')
+    config = '{"enable": true, "keep_last_n_blocks": 0, "mask_delimiters": false}'
+    generator = BlockMaskedGenerator(model, tokenizer, config)
     result = generator.generate(chat_prompt(tokenizer, "Prove that ..."), SamplingParams(max_new_tokens=4096))
     result.text, result.stats.peak_tokens, result.stats.peak_bytes, result.stats.evictions
 
@@ -12,15 +13,15 @@ Finished blocks leave every layer's key and value tensors for real at their evic
 their original positions. Sliding-window models get explicit masks over logical positions.
 """
 
-from mementokit.generate.cache import PhysicalKVCache
+from mementokit.format.chat import chat_prompt_ids as chat_prompt  # the one prompt builder, re-exported
+from mementokit.generate.batch import DecodeBatch, DecodeSequence, IncrementalDecoder, TokenLogprob, TokenStep
+from mementokit.generate.cache import PhysicalKVCache, RowKV
 from mementokit.generate.engine import EvictingRunner, check_markers, load_block_masking
 from mementokit.generate.generator import (
     BlockMaskedGenerator,
     GenerationResult,
     GenerationStream,
-    IncrementalDecoder,
     TokenEvent,
-    chat_prompt,
 )
 from mementokit.generate.replay import ReplayResult, dense_reference_logits, replay, replay_traces, tokenize_traces
 from mementokit.generate.sampling import RowSampler, SamplingParams, filter_logits
@@ -29,6 +30,8 @@ from mementokit.generate.stats import CacheStats, EvictionRecord
 __all__ = [
     "BlockMaskedGenerator",
     "CacheStats",
+    "DecodeBatch",
+    "DecodeSequence",
     "EvictingRunner",
     "EvictionRecord",
     "GenerationResult",
@@ -36,9 +39,12 @@ __all__ = [
     "IncrementalDecoder",
     "PhysicalKVCache",
     "ReplayResult",
+    "RowKV",
     "RowSampler",
     "SamplingParams",
     "TokenEvent",
+    "TokenLogprob",
+    "TokenStep",
     "chat_prompt",
     "check_markers",
     "dense_reference_logits",

@@ -17,6 +17,7 @@ transformers passes through unchanged.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,21 @@ class MaskPlan:
     explicit: bool  # always pass explicit 4-D masks built from logical positions
     layer_types: tuple[str, ...] | None  # mask types the model reads from a dict, or None for a single tensor
     sliding_window: int | None  # window of the sliding layers (logical tokens), None when there are none
+    cache_argument: str = "past_key_values"  # the forward argument that takes the cache (see cache_argument)
+
+
+def cache_argument(model) -> str:
+    """The keyword the model's forward takes the KV cache under.
+
+    transformers renamed `past_key_values` to `cache` (5.x warns on the old name on every forward and will drop
+    it in 5.40); older releases only know `past_key_values`. An explicit parameter named `cache` is the only
+    safe signal: passed through **kwargs to an older model it would be silently ignored.
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ def plan_masks(model, *, force_explicit: bool = False) -> MaskPlan:
     else:
         has_sliding = window is not None
     return MaskPlan(explicit=force_explicit or has_sliding, layer_types=layer_types,
-                    sliding_window=window if has_sliding else None)
+                    sliding_window=window if has_sliding else None, cache_argument=cache_argument(model))
 
 
 def allowed_matrix(
@@ -124,8 +140,8 @@ def forward(
         input_ids=input_ids,
         position_ids=position_ids,
         attention_mask=attention_mask,
-        past_key_values=kv.cache,
         use_cache=True,
+        **{plan.cache_argument: kv.cache},
         logits_to_keep=logits_to_keep,
     )
     kv.note_appended(query_positions)

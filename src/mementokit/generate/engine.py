@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mementokit.blocks import BlockMaskingConfig, BlockStateMachine, Eviction, MarkerIds, resolve_marker_ids
-from mementokit.errors import ConfigError
+from mementokit.errors import ConfigError, InputError
 from mementokit.generate.attention import Hide, MaskPlan, forward, plan_masks
 from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.stats import EvictionRecord
@@ -28,19 +28,78 @@ def load_block_masking(block_masking) -> BlockMaskingConfig:
     return BlockMaskingConfig.load(block_masking)
 
 
-def check_markers(model, tokenizer, config: BlockMaskingConfig) -> MarkerIds | None:
-    """Resolve the marker ids and check the model can embed them: ConfigError before any compute."""
+def embedding_rows(model) -> int:
+    """How many token ids the model can embed."""
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def check_markers(model, tokenizer, config: BlockMaskingConfig, markers: MarkerIds | None = None) -> MarkerIds | None:
+    """The marker ids for `config` (resolved from `tokenizer`, or the explicit `markers`), checked against the
+    model's embeddings: ConfigError before any compute. None when block masking is off."""
     if not config.enable:
         return None
-    markers = resolve_marker_ids(tokenizer, config)
-    rows = model.get_input_embeddings().weight.shape[0]
+    if markers is None:
+        if tokenizer is None:
+            raise ConfigError("block masking needs the tokenizer (or explicit marker ids, markers=MarkerIds(...)) "
+                              "to know the block markers")
+        markers = resolve_marker_ids(tokenizer, config)
+    elif not isinstance(markers, MarkerIds):
+        raise ConfigError(f"markers must be a mementokit.blocks.MarkerIds, got {type(markers).__name__}")
+    rows = embedding_rows(model)
     for name, token_id in zip(("block_start", "block_end", "summary_start", "summary_end"), markers.block_markers):
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+            raise ConfigError(f"block marker {name} must be a token id (an integer >= 0), got {token_id!r}")
         if token_id >= rows:
             raise ConfigError(
                 f"block marker {name} has id {token_id} but the model embeds only {rows} ids; "
                 "resize the model's token embeddings after adding the markers to the tokenizer"
             )
+    if len(set(markers.block_markers)) != 4:
+        raise ConfigError(f"block markers must be four different ids, got {markers.block_markers}")
+    for name in ("think_end", "im_start", "assistant"):
+        token_id = getattr(markers, name)
+        if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int)
+                                     or not 0 <= token_id < rows):
+            raise ConfigError(f"marker {name} id {token_id!r} is outside the model's {rows} ids")
     return markers
+
+
+def token_id_list(value, vocab: int, *, what: str = "prompt", line: int | None = None) -> list[int]:
+    """Token ids of ONE sequence as a list of ints: a 1-D list/array/tensor (or a [1, n] tensor).
+
+    InputError for anything else: several rows (use a batch call), float ids (never truncated silently),
+    ids outside the model's vocabulary, an empty sequence.
+    """
+    import numpy as np
+
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise InputError(f"{what} token ids must be integers, got a {value.dtype} tensor", line=line)
+        if value.dim() == 2 and value.shape[0] == 1:
+            value = value[0]
+        if value.dim() != 1:
+            raise InputError(f"{what} must be one sequence of token ids (1-D), got a tensor of shape "
+                             f"{tuple(value.shape)}; pass several prompts as a list (generate_batch)", line=line)
+        ids = value.tolist()
+    else:
+        array = np.asarray(value) if not isinstance(value, (list, tuple)) else None
+        if array is not None and array.ndim != 1:
+            if array.ndim == 2 and array.shape[0] == 1:
+                value = array[0]
+            else:
+                raise InputError(f"{what} must be one sequence of token ids (1-D), got shape {array.shape}; "
+                                 "pass several prompts as a list (generate_batch)", line=line)
+        ids = []
+        for i in value:
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+                raise InputError(f"{what} token ids must be integers, got {i!r}", line=line)
+            ids.append(int(i))
+    if not ids:
+        raise InputError(f"empty {what}", line=line)
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise InputError(f"{what} holds token ids outside the model's {vocab} ids: {bad[:5]}", line=line)
+    return ids
 
 
 @dataclass

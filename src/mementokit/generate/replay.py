@@ -10,15 +10,21 @@ from the key/value tensors themselves, not computed from the eviction schedule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from mementokit.blocks import MarkerIds, additive_mask
 from mementokit.errors import ConfigError
 from mementokit.generate.cache import PhysicalKVCache
-from mementokit.generate.engine import EvictingRunner, check_markers, load_block_masking
+from mementokit.generate.engine import (
+    EvictingRunner,
+    check_markers,
+    embedding_rows,
+    load_block_masking,
+    token_id_list,
+)
 from mementokit.generate.stats import CacheStats
 
 
@@ -64,13 +70,8 @@ def replay(
     after each step with the physical cache, for inspection.
     """
     config = load_block_masking(block_masking)
-    if markers is None and config.enable:
-        if tokenizer is None:
-            raise ConfigError("replay needs the tokenizer (or the marker ids) to know the block markers")
-        markers = check_markers(model, tokenizer, config)
-    ids = [int(t) for t in token_ids]
-    if not ids:
-        raise ConfigError("replay needs at least one token")
+    markers = check_markers(model, tokenizer, config, markers)
+    ids = token_id_list(token_ids, embedding_rows(model), what="replayed sequence")
     if not 0 <= prefill_tokens <= len(ids):
         raise ConfigError(f"prefill_tokens must be in [0, {len(ids)}], got {prefill_tokens}")
     runner = EvictingRunner(model, config, markers, mask_mode=mask_mode)
@@ -134,9 +135,9 @@ def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=No
     from mementokit.generate.attention import explicit_masks, plan_masks
 
     config = load_block_masking(block_masking)
-    if markers is None and config.enable:
-        markers = check_markers(model, tokenizer, config)
-    ids = torch.tensor([list(token_ids)], dtype=torch.long, device=model.get_input_embeddings().weight.device)
+    markers = check_markers(model, tokenizer, config, markers)
+    token_ids = token_id_list(token_ids, embedding_rows(model), what="sequence")
+    ids = torch.tensor([token_ids], dtype=torch.long, device=model.get_input_embeddings().weight.device)
     length = ids.shape[1]
     dtype = model.get_input_embeddings().weight.dtype
     if config.enable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -25,13 +26,24 @@ class SamplingParams:
     top_k: int = 0
     min_p: float = 0.0
     seed: int | None = None
-    stop: tuple[str, ...] = ()
+    stop: str | tuple[str, ...] | list[str] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     max_cache_tokens: int | None = None
     extra_eos_ids: tuple[int, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        # Types first: a wrong type accepted here would fail mid-generation (top_k=1.5 in torch.topk).
+        _check_int("max_new_tokens", self.max_new_tokens)
+        _check_int("top_k", self.top_k)
+        for name in ("temperature", "top_p", "min_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if self.seed is not None:
+            _check_int("seed", self.seed)
+        if self.max_cache_tokens is not None:
+            _check_int("max_cache_tokens", self.max_cache_tokens)
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -44,12 +56,36 @@ class SamplingParams:
             raise ConfigError(f"min_p must be in [0, 1), got {self.min_p}")
         if self.max_cache_tokens is not None and self.max_cache_tokens < 1:
             raise ConfigError(f"max_cache_tokens must be >= 1, got {self.max_cache_tokens}")
-        object.__setattr__(self, "stop", tuple(self.stop))
-        object.__setattr__(self, "stop_token_ids", tuple(int(i) for i in self.stop_token_ids))
+        # One string is one stop string (as in vLLM), not one per character.
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if stop is None:
+            stop = ()
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+            raise ConfigError(f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+        for name in ("stop_token_ids", "extra_eos_ids"):
+            ids = getattr(self, name)
+            if isinstance(ids, int) and not isinstance(ids, bool):
+                ids = (ids,)
+            if not isinstance(ids, (list, tuple, set, frozenset)):
+                raise ConfigError(f"{name} must be a list of token ids, got {ids!r}")
+            for i in ids:
+                _check_int(name, i)
+            object.__setattr__(self, name, tuple(int(i) for i in ids))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _check_int(name: str, value) -> None:
+    """An integer (numpy and torch integer scalars too), never a bool or a float that would be truncated."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

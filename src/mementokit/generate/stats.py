@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class EvictionRecord:
-    """One physical eviction: key positions [key_start, key_stop) of block `block_index` left the cache at `position`."""
+    """One physical eviction: key positions [key_start, key_stop) of block `block_index` left the cache at
+    `position`."""
 
     position: int  # the position whose step removed the keys (Eviction.at)
     block_index: int

@@ -72,6 +72,13 @@ PARQUET_BATCH_ROWS = 128  # rows decoded at a time per open parquet file (x MAX_
 DISK_BATCH_ROWS = 256
 JSON_CHUNK_CHARS = 1 << 18  # read window; grows (doubling) only for a row larger than it
 
+try:  # a faster JSON decoder for JSON lines when installed (see decode_jsonl_line)
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - a dependency, but nothing needs it
+    _fast_loads = None
+JSON_DECODER = "orjson" if _fast_loads is not None else "json"
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
 # What every reader yields: (row, path or label, line or row number, ":" for lines / "#" for row numbers).
 Item = tuple[dict[str, Any], str, int, str]
 OnBad = Callable[[RowError], None]
@@ -518,23 +525,58 @@ def _jsonl_items(shard: _Shard, on_bad: OnBad) -> Iterator[Item]:
                 line += 1
                 if not raw or raw.isspace():
                     continue  # blank lines (a trailing newline) hold no data
-                try:
-                    text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    on_bad(RowError(BAD_ENCODING, f"not UTF-8: {exc.reason} at byte {exc.start}", path=label, line=line))
-                    continue
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    hint = " (a JSON list? name the file .json)" if line == 1 and text.strip() == "[" else ""
-                    on_bad(RowError(MALFORMED_JSON, f"malformed JSON: {exc.msg} at column {exc.colno}{hint}", path=label, line=line))
-                    continue
-                if not isinstance(data, dict):
-                    on_bad(RowError(NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(data)}", path=label, line=line))
-                    continue
-                yield data, label, line, ":"
+                data = decode_jsonl_line(raw, label, line, on_bad)
+                if data is not None:
+                    yield data, label, line, ":"
         except (OSError, EOFError, zlib.error) as exc:  # a corrupt or truncated .gz
             on_bad(RowError(UNREADABLE_FILE, f"cannot read past line {line}: {exc}", path=label, line=line + 1))
+
+
+def decode_jsonl_line(raw: bytes, label: str, line: int, on_bad: OnBad, *, first: bool | None = None) -> dict[str, Any] | None:
+    """One JSON line as an object, or None after reporting the problem to `on_bad`.
+
+    `first`: whether this is the file's first line (a UTF-8 BOM is allowed there); default `line == 1`.
+    The fast decoder (orjson, when installed) takes the lines it accepts; every line it refuses goes
+    through the json module, so errors, and what only json accepts (NaN, huge integers), stay the same.
+    """
+    first = line == 1 if first is None else first
+    if _fast_loads is not None and not (first and raw.startswith(b"\xef\xbb\xbf")):
+        try:
+            data = _fast_loads(raw)
+        except ValueError:
+            pass
+        else:
+            # orjson reads an integer beyond 64 bits as a float, json as an int: such lines go to json.
+            if isinstance(data, dict) and not (_LONG_NUMBER.search(raw) and _has_float(data)):
+                return data
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        on_bad(RowError(BAD_ENCODING, f"not UTF-8: {exc.reason} at byte {exc.start}", path=label, line=line))
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = " (a JSON list? name the file .json)" if first and text.strip() == "[" else ""
+        on_bad(RowError(MALFORMED_JSON, f"malformed JSON: {exc.msg} at column {exc.colno}{hint}", path=label, line=line))
+        return None
+    if not isinstance(data, dict):
+        on_bad(RowError(NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(data)}", path=label, line=line))
+        return None
+    return data
+
+
+def _has_float(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            return True
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
 
 
 class _TextWindow:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mementokit.errors import StageFailure
 from mementokit.format import DEFAULT_MARKERS, Markers, build_response, parse_response
-from mementokit.pipeline.score import StageFailure
 from mementokit.pipeline.split import THINK_END, think_region
 
 
@@ -26,7 +26,13 @@ def answer_after_think(cot: str) -> str:
     return cot[end + len(THINK_END) :] if cot.startswith(THINK_END, end) else ""
 
 
-def assemble_response(cot: str, spans: Sequence[tuple[int, int]], blocks: Sequence[Sequence[int]], mementos: Sequence[str], markers: Markers = DEFAULT_MARKERS) -> str:
+def assemble_response(
+    cot: str,
+    spans: Sequence[tuple[int, int]],
+    blocks: Sequence[Sequence[int]],
+    mementos: Sequence[str],
+    markers: Markers = DEFAULT_MARKERS,
+) -> str:
     """`<think>` block, memento, ... `</think>` answer; validated by parsing it back."""
     texts = block_texts(cot, spans, blocks)
     response = build_response(texts, list(mementos), answer_after_think(cot), markers=markers)
@@ -34,7 +40,9 @@ def assemble_response(cot: str, spans: Sequence[tuple[int, int]], blocks: Sequen
     return response
 
 
-def check_round_trip(response: str, texts: Sequence[str], mementos: Sequence[str], markers: Markers = DEFAULT_MARKERS) -> None:
+def check_round_trip(
+    response: str, texts: Sequence[str], mementos: Sequence[str], markers: Markers = DEFAULT_MARKERS
+) -> None:
     trace = parse_response(response, markers)
     problems = []
     if trace.issues:
@@ -44,7 +52,7 @@ def check_round_trip(response: str, texts: Sequence[str], mementos: Sequence[str
     if trace.summary_texts() != list(mementos):
         problems.append("mementos differ after parsing back")
     if problems:
-        raise StageFailure("assemble", " | ".join(problems))
+        raise StageFailure("assemble", " | ".join(problems), permanent=True)
 
 
 def openmementos_row(result: dict[str, Any], config: str = "default") -> dict[str, Any]:

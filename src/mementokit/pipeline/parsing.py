@@ -131,7 +131,12 @@ def parse_numbered_sections(text: str, word: str) -> dict[int, str]:
     return sections
 
 
-_SCORE = re.compile(r"score[^0-9\n]{0,12}?(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?", re.I)
+# "Score", "SCORE (0-10)", "Score 0-10", "Score (out of 10)", "Rating", then up to 12 decorations, the number,
+# and an optional scale ("/10", "/ 5", "out of 10").
+_RANGE = r"(?:\(?\s*(?:0\s*(?:-|\u2013|to)\s*10|out\s+of\s+10|/\s*10)\s*\)?)?"
+_SCORE = re.compile(
+    r"(?:score|rating|grade)\s*" + _RANGE + r"[^0-9\n]{0,12}?(-?\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*(\d+))?", re.I
+)
 _FEEDBACK = re.compile(r"feedback[ \t*_]*[:\-]*[ \t*_]*(.*)", re.I | re.S)
 
 
@@ -142,7 +147,8 @@ class Verdict:
 
 
 def parse_verdict(section: str) -> Verdict | None:
-    """`SCORE: 8/10`, `**SCORE:** 8/10`, `Score = 8`, `{"score": 8, "feedback": ...}`; None if no score."""
+    """`SCORE: 8/10`, `**SCORE:** 8/10`, `Score = 8`, `Score (0-10): 7`, `Score 0-10: 8`, `Rating: 4/5`,
+    `Score: 7 out of 10`, `{"score": 8, "feedback": ...}`; None if no score."""
     data = find_json(section) if "{" in section else None
     if isinstance(data, dict) and _as_number(data.get("score")) is not None:
         score = _as_number(data.get("score"))
@@ -159,8 +165,39 @@ def parse_verdict(section: str) -> Verdict | None:
     return Verdict(min(max(score, 0.0), 10.0), feedback)
 
 
+_NUMBER_KEYS = ("block", "judge", "memento", "number", "n", "id", "index")
+
+
+def _json_verdicts(text: str, expected: list[int]) -> dict[int, Verdict]:
+    """Verdicts given as JSON: a list of {"block": 1, "score": 8, "feedback": ...}, or {"1": {...}, "2": 7}."""
+    data = find_json(text)
+    if isinstance(data, dict):
+        inner = next((data[k] for k in ("verdicts", "judgements", "judgments", "results") if k in data), None)
+        data = inner if isinstance(inner, (list, dict)) else data
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(data, list):
+        pairs = [(next((x[k] for k in _NUMBER_KEYS if k in x), None), x) for x in data if isinstance(x, dict)]
+    elif isinstance(data, dict) and "score" not in data:
+        pairs = list(data.items())
+    out: dict[int, Verdict] = {}
+    for key, value in pairs:
+        m = re.search(r"\d+", str(key)) if key is not None else None
+        number = int(m.group()) if m else None
+        if number not in expected:
+            continue
+        score = _as_number(value)
+        if score is None:
+            continue
+        feedback = str(value.get("feedback", "")).strip() if isinstance(value, dict) else ""
+        out[number] = Verdict(min(max(score, 0.0), 10.0), feedback)
+    return out
+
+
 def parse_verdicts(text: str, expected: list[int]) -> dict[int, Verdict]:
     """Judge answers for the expected block numbers; a single unnumbered verdict counts for one block."""
+    found = _json_verdicts(text, expected) if ("{" in text or "[" in text) else {}
+    if found:
+        return found
     sections = parse_numbered_sections(text, "judge")
     if not sections:
         sections = parse_numbered_sections(text, "(?:memento|block|summary)")

@@ -63,4 +63,12 @@ JUDGE_PAIR_TEMPLATE = """=== BLOCK {number} ===
 === MEMENTO {number} ===
 {memento}"""
 
-RETRY_NOTE = "\n\n(Your previous reply could not be used: {reason}. Reply again, strictly in the required format.)"
+RETRY_NOTE = (
+    "\n\n(Attempt {attempt} of {attempts}. Your previous reply could not be used: {reason}. "
+    "Answer only for the items above, strictly in the required format.)"
+)
+
+
+def retry_note(reason: str, attempt: int, attempts: int) -> str:
+    """The note a re-ask appends: what was wrong, and which try this is (so no two re-asks are the same request)."""
+    return RETRY_NOTE.format(reason=reason, attempt=attempt + 1, attempts=attempts)

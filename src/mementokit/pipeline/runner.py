@@ -1,220 +1,63 @@
-"""The resumable, streaming runner that chains the stages for every trace of an input.
+"""The resumable, streaming runner that chains the stages (`stages.STAGES`) for every trace of an input.
 
-    out/results.jsonl   one line per finished trace (appended whole, in one write)
-    out/failures.jsonl  one line per failed attempt at a trace (stage and reason); retried on rerun
-    out/report.json     the final report of the last run, over everything in out/
+Resumability is a property of the runner, not of the stages: a trace counts as finished when its line is in a
+results file of the output folder (see `ledger.OutputFolder`). Lines are appended with a single write() on an
+O_APPEND descriptor, so a kill leaves at most one torn last line, which the next run cuts off before reading (that
+trace is then redone: nothing is lost, nothing is written twice). A rerun skips finished traces, skips traces
+recorded as failing for good (unless `retry_failed`), retries the others, and drops failure records of traces that
+have since succeeded.
 
-Resumability is a property of the runner, not of the stages: a trace counts as finished when its line is
-in results.jsonl. Lines are appended with a single write() on an O_APPEND descriptor, so a kill leaves at
-most one torn last line, which the next run cuts off before reading (that trace is then redone: nothing is
-lost, nothing is written twice). A rerun skips finished traces, retries failed ones, and rewrites
-failures.jsonl (atomically) without the traces that have since succeeded.
+The input is streamed: at most `workers` traces are in flight, whatever the input size. `shard=(i, N)` keeps the
+traces whose task_id hashes to i mod N, each shard with its own ledgers in the shared folder, so N tasks (a
+datatrove executor, a Slurm array, N machines) can share one data set and one folder.
 
-The input is streamed: at most `workers` traces are in flight, whatever the input size. `shard=(i, N)`
-keeps the traces whose task_id hashes to i mod N, so N machines can share one data set.
+Generic: `run_resumable` drives any per-item coroutine (memory distillation uses it); `run_pipeline_async` is it
+with the pipeline's stages, plus the usage ledger (usage/run-*.json) and report.json.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
-import statistics
-import tempfile
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from mementokit.pipeline.assemble import assemble_response, block_texts
-from mementokit.pipeline.client import LLMClient, LLMConfig
-from mementokit.pipeline.score import ScoreConfig, StageFailure, score_boundaries, score_messages, score_call_plan
-from mementokit.pipeline.segment import optimal_segmentation
-from mementokit.pipeline.select import SelectConfig, normalize_row, rejection_reason
-from mementokit.pipeline.split import estimate_tokens, split_trace
-from mementokit.pipeline.summarize import Summarizer, SummarizeConfig, batches
+from mementokit.errors import InputError, LLMAbort
+from mementokit.jsonl import write_json_atomic
+from mementokit.pipeline.client import LLMClient
+from mementokit.pipeline.config import PipelineConfig
+from mementokit.pipeline.ledger import OutputFolder
+from mementokit.pipeline.report import RunState, build_report, cost_of, progress_line
+from mementokit.pipeline.select import normalize_row, rejection_reason
+from mementokit.pipeline.split import estimate_tokens
+from mementokit.pipeline.stages import process_trace
 from mementokit.pipeline.usage import Usage
 
-RESULTS = "results.jsonl"
-FAILURES = "failures.jsonl"
-REPORT = "report.json"
+__all__ = ["LogLines", "Run", "planned_rows", "run_resumable", "run_pipeline", "run_pipeline_async", "shard_of"]
 
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    llm: LLMConfig
-    score: ScoreConfig = ScoreConfig()
-    summarize: SummarizeConfig = SummarizeConfig()
-    select: SelectConfig = SelectConfig()
-    min_sentence_tokens: int = 5
-    min_block_tokens: int = 200
-    max_block_tokens: int | None = None
-    variance_penalty: float = 0.5
-    workers: int = 4  # traces in flight
-    limit: int | None = None  # traces of this shard to consider (after filtering)
-    shard: tuple[int, int] = (0, 1)
-    price_prompt_per_mtok: float = 0.0  # for the cost estimate on the progress bar and report
-    price_completion_per_mtok: float = 0.0
-
-
-# --------------------------------------------------------------------------------------- one trace
-
-
-async def process_trace(row: dict[str, Any], client: LLMClient, cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens) -> dict[str, Any]:
-    """All stages for one normalised row; returns the result row, raises StageFailure."""
-    usage = Usage()
-    cot = row["cot"]
-    split = await asyncio.to_thread(split_trace, cot, count_tokens=count_tokens, min_tokens=cfg.min_sentence_tokens)
-    if not split.sentences:
-        raise StageFailure("split", "the trace has no text inside <think>")
-    scored = await score_boundaries(client, split.sentences, split.separators, cfg.score, [usage])
-    token_counts = [count_tokens(s) for s in split.sentences]
-    try:
-        seg = await asyncio.to_thread(
-            optimal_segmentation, scored.scores, token_counts,
-            min_block_tokens=cfg.min_block_tokens, max_block_tokens=cfg.max_block_tokens, variance_penalty=cfg.variance_penalty,
-        )
-    except Exception as exc:  # an infeasible max size, for instance
-        raise StageFailure("segment", str(exc)) from exc
-    texts = block_texts(cot, split.spans, seg.blocks)
-    summaries = await Summarizer(client, cfg.summarize, count_tokens).summarize(row.get("problem", ""), texts, [usage])
-    mementos = [s.memento for s in summaries]
-    response = assemble_response(cot, split.spans, seg.blocks, mementos)
-    block_tokens = [count_tokens(t) for t in texts]
-    memento_tokens = [count_tokens(m) for m in mementos]
-    result = {k: v for k, v in row.items() if k not in ("cot", "conversations", "messages")}
-    result.update(
-        response=response,
-        sentences=split.sentences,
-        separators=split.separators,
-        num_sentences=len(split.sentences),
-        boundary_scores=scored.scores,
-        blocks=[[a, b] for a, b in seg.blocks],
-        num_blocks=len(seg.blocks),
-        segmentation_objective=seg.objective,
-        block_summaries=mementos,
-        block_tokens=block_tokens,
-        memento_tokens=memento_tokens,
-        memento_scores=[s.score for s in summaries],
-        judge_history=[[a.score for a in s.history] for s in summaries],
-        avg_final_score=statistics.fmean(s.score for s in summaries),
-        usage=usage.to_dict(),
-    )
-    return result
-
-
-# --------------------------------------------------------------------------------------- files
-
-
-def _repair_tail(path: Path) -> None:
-    """Cut a torn last line (a kill in the middle of an append) so that the file ends with a newline."""
-    if not path.exists():
-        return
-    with open(path, "rb+") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        if size == 0:
-            return
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return
-        step = min(size, 1 << 16)
-        pos = size
-        while pos > 0:
-            start = max(0, pos - step)
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                fh.truncate(start + nl + 1)
-                return
-            pos = start
-        fh.truncate(0)
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.endswith("\n"):
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-
-
-class AppendLog:
-    """A JSONL file that grows one whole line per write()."""
-
-    def __init__(self, path: Path, fsync: bool = False):
-        self.path = path
-        self.fsync = fsync
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def append(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        written = os.write(self.fd, data)
-        while written < len(data):  # regular files do not short-write in practice; be safe anyway
-            written += os.write(self.fd, data[written:])
-        if self.fsync:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _rewrite_atomically(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _compact_failures(results_path: Path, failures_path: Path) -> set[str]:
-    """Drop failure records of traces that have since succeeded; returns the finished task ids."""
-    finished = {r["task_id"] for r in read_jsonl(results_path) if "task_id" in r}
-    if failures_path.exists():
-        _rewrite_atomically(failures_path, [f for f in read_jsonl(failures_path) if f.get("task_id") not in finished])
-    return finished
+RUN_RECORD_EVERY_S = 2.0  # how often a run's usage ledger is rewritten while it runs (a kill loses at most this)
 
 
 def shard_of(task_id: str, num_shards: int) -> int:
-    return int(hashlib.sha1(task_id.encode("utf-8")).hexdigest()[:12], 16) % num_shards
-
-
-# --------------------------------------------------------------------------------------- the run
-
-
-@dataclass
-class RunState:
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    failed: int = 0
-    skipped_finished: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0
-    usage: Usage = field(default_factory=Usage)
-
-    def rate_per_min(self) -> float:
-        elapsed = max(1e-9, time.monotonic() - self.started)
-        return 60.0 * self.done / elapsed
-
-
-def cost_of(usage: dict[str, Any] | Usage, cfg: PipelineConfig) -> float:
-    u = usage.to_dict() if isinstance(usage, Usage) else usage
-    return (u.get("prompt_tokens", 0) * cfg.price_prompt_per_mtok + u.get("completion_tokens", 0) * cfg.price_completion_per_mtok) / 1e6
+    return int(hashlib.sha1(task_id.encode("utf-8", "surrogatepass")).hexdigest()[:12], 16) % num_shards
 
 
 def planned_rows(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, state: RunState) -> Iterator[dict[str, Any]]:
-    """Normalise, filter, shard and limit the input stream (lazily)."""
+    """Normalise, filter, shard and limit the input stream (lazily). Bad rows raise, or are counted with skip_bad."""
     index, count = cfg.shard
     taken = 0
     for raw in rows:
-        row = raw if "task_id" in raw and "cot" in raw and "problem" in raw else normalize_row(raw)
+        try:
+            row = raw if "task_id" in raw and "cot" in raw and "problem" in raw else normalize_row(raw)
+        except InputError:
+            if not cfg.skip_bad:
+                raise
+            state.bad_rows += 1
+            continue
         reason = rejection_reason(row, cfg.select)
         if reason:
             state.rejected[reason] = state.rejected.get(reason, 0) + 1
@@ -227,6 +70,203 @@ def planned_rows(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, state: Run
         yield row
 
 
+class LogLines:
+    """Progress as one log line every `every_s` seconds (for a stderr that is not a terminal: logs, Slurm)."""
+
+    def __init__(
+        self, cfg: PipelineConfig, every_s: float = 30.0, stream: TextIO | None = None, prefix: str = "pipeline"
+    ):
+        self.cfg = cfg
+        self.every_s = every_s
+        self.stream = stream
+        self.prefix = prefix
+        self._last = time.monotonic()
+        self._seen: tuple[RunState, LLMClient] | None = None
+
+    def final(self) -> None:
+        """One last line (the state at the last update), whatever the interval."""
+        if self._seen is not None:
+            self(*self._seen, force=True)
+
+    def __call__(self, state: RunState, client: LLMClient, force: bool = False) -> None:
+        self._seen = (state, client)
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        cost = cost_of(client.usage, self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok)
+        stream = self.stream or sys.stderr
+        print(
+            f"{time.strftime('%H:%M:%S')} {self.prefix}: {progress_line(state, client.usage, client.in_flight, cost)}",
+            file=stream,
+            flush=True,
+        )
+
+
+def _subtract(total: Usage, base: dict[str, Any]) -> Usage:
+    before = Usage.from_dict(base)
+    out = Usage()
+    for name, stage in total.stages.items():
+        prior = before.stages.get(name)
+        s = out.stage(name)
+        for f in stage.__dataclass_fields__:
+            setattr(s, f, getattr(stage, f) - (getattr(prior, f) if prior else 0))
+    return out
+
+
+class Run:
+    """One run over one shard: the ledgers, the usage record, the state."""
+
+    def __init__(self, folder: OutputFolder, cfg: PipelineConfig, client: LLMClient, input_stats: Any = None):
+        self.folder, self.cfg, self.client, self.input_stats = folder, cfg, client, input_stats
+        self.state = RunState()
+        self.base = client.usage.to_dict()
+        self.run_file = folder.new_run_file()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._written = 0.0
+
+    def usage(self) -> Usage:
+        return _subtract(self.client.usage, self.base)
+
+    def record(self, final: bool = False) -> dict[str, Any]:
+        usage = self.usage()
+        s = self.state
+        record = {
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            "model": self.cfg.llm.model,
+            "shard": list(self.cfg.shard),
+            "finished": final,
+            "done": s.done,
+            "failed": s.failed,
+            "skipped_finished": s.skipped_finished,
+            "skipped_failed": s.skipped_failed,
+            "duplicates_in_input": s.duplicates,
+            "bad_rows": s.bad_rows + (self.input_stats.rows_skipped if self.input_stats is not None else 0),
+            "rejected": s.rejected,
+            "seconds": round(time.monotonic() - s.started, 3),
+            "traces_per_min": round(s.rate_per_min(), 2),
+            "llm": usage.to_dict(),
+            "cost": round(cost_of(usage, self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok), 6),
+            "prices_per_mtok": [self.cfg.price_prompt_per_mtok, self.cfg.price_completion_per_mtok],
+        }
+        return record
+
+    def flush(self, final: bool = False) -> dict[str, Any]:
+        now = time.monotonic()
+        record = self.record(final)
+        if final or now - self._written >= RUN_RECORD_EVERY_S:
+            self.folder.write_run(self.run_file, record)
+            self._written = now
+        return record
+
+
+async def run_resumable(
+    items: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike[str],
+    process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    *,
+    workers: int,
+    key: str = "task_id",
+    state: RunState | None = None,
+    on_progress: Callable[[RunState], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+    folder: OutputFolder | None = None,
+) -> RunState:
+    """The resumable core (module docstring): `process(item)` for every item whose `key` is not finished yet.
+
+    A result (which must carry the item's `key`) is appended to the shard's results file; an exception to its
+    failures file with its stage (an exception's `stage` attribute, else "internal") and `permanent` flag. Items
+    recorded as failing for good are skipped unless `retry_failed`. Scheduling stops on LLMAbort (raised once the
+    items in flight end, which an abort makes immediate) and on an error from `items` itself, e.g. a bad input row
+    (raised after the items in flight FINISH: they are not cancelled). `folder`: an already opened (locked)
+    OutputFolder; by default one is opened (and locked) for `out_dir` / `shard` here.
+    """
+    own = folder is None
+    if folder is None:
+        folder = OutputFolder(out_dir, shard, key)
+        folder.open()
+    state = state if state is not None else RunState()
+    try:
+        await _run_items(items, folder, process, workers, state, on_progress, retry_failed)
+    finally:
+        if own:
+            folder.compact_failures()
+            folder.close()
+    return state
+
+
+async def _run_items(
+    items, folder: OutputFolder, process, workers: int, state: RunState, on_progress, retry_failed: bool
+) -> None:
+    key = folder.key
+    finished = folder.finished_ids()
+    given_up = {} if retry_failed else folder.permanent_failures()
+    seen: set[str] = set()
+    in_flight: set[asyncio.Task] = set()
+    stop: list[BaseException] = []
+    results_log, failures_log = folder.results_log(), folder.failures_log()
+
+    async def one(item: dict[str, Any]) -> None:
+        try:
+            result = await process(item)
+        except LLMAbort as exc:
+            stop.append(exc)
+            return
+        except Exception as exc:  # a trace's failure (or a bug) must not stop the other items
+            state.failed += 1
+            stage = getattr(exc, "stage", None)
+            failures_log.append(
+                {
+                    key: item[key],
+                    "stage": stage or "internal",
+                    "error": str(exc) if stage else f"{type(exc).__name__}: {exc}",
+                    "permanent": bool(getattr(exc, "permanent", False)),
+                    "time": time.time(),
+                }
+            )
+        else:
+            results_log.append(result)
+            state.done += 1
+            if isinstance(result.get("usage"), dict):
+                state.usage.add(Usage.from_dict(result["usage"]))
+        if on_progress:
+            on_progress(state)
+
+    try:
+        try:
+            for item in items:
+                item_id = str(item[key])
+                if item_id in finished:
+                    state.skipped_finished += 1
+                    continue
+                if item_id in given_up:
+                    state.skipped_failed += 1
+                    continue
+                if item_id in seen:
+                    state.duplicates += 1
+                    continue
+                seen.add(item_id)
+                while len(in_flight) >= max(1, workers) and not stop:
+                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if stop:
+                    break
+                in_flight.add(asyncio.create_task(one(item)))
+                if on_progress:
+                    on_progress(state)
+        finally:  # a bad input row or an abort: let the items in flight end
+            if in_flight:
+                await asyncio.wait(in_flight)
+    finally:
+        for task in in_flight:
+            task.cancel()
+        results_log.close()
+        failures_log.close()
+    if stop:
+        raise stop[0]
+
+
 async def run_pipeline_async(
     rows: Iterable[dict[str, Any]],
     out_dir: str | os.PathLike[str],
@@ -235,196 +275,59 @@ async def run_pipeline_async(
     count_tokens: Callable[[str], int] = estimate_tokens,
     on_progress: Callable[[RunState, LLMClient], None] | None = None,
     client: LLMClient | None = None,
+    input_stats: Any = None,
 ) -> dict[str, Any]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path, failures_path = out / RESULTS, out / FAILURES
-    for path in (results_path, failures_path):
-        _repair_tail(path)
-    finished = _compact_failures(results_path, failures_path)
-    results_log, failures_log = AppendLog(results_path), AppendLog(failures_path)
+    """Process every row of this shard into out_dir; returns the report (also written to out_dir/report.json).
+
+    Raises LLMAbort when the endpoint refuses every call alike, InputError on a bad input row (without skip_bad),
+    ConfigError when another run holds this shard of the folder; the report and usage ledger are written first.
+    `input_stats`: the io.ReadStats the rows were read with (its skipped rows are reported as bad rows).
+    """
+    folder = OutputFolder(out_dir, cfg.shard)
+    folder.open()
     own_client = client is None
-    client = client or LLMClient(cfg.llm)
-    state = RunState()
-    seen: set[str] = set()
-    in_flight: set[asyncio.Task] = set()
-
-    async def one(row: dict[str, Any]) -> None:
-        try:
-            result = await process_trace(row, client, cfg, count_tokens)
-        except StageFailure as exc:
-            state.failed += 1
-            failures_log.append({"task_id": row["task_id"], "stage": exc.stage, "error": str(exc), "time": time.time()})
-        except Exception as exc:  # a bug or an unexpected answer must not stop the other traces
-            state.failed += 1
-            failures_log.append({"task_id": row["task_id"], "stage": "internal", "error": f"{type(exc).__name__}: {exc}", "time": time.time()})
-        else:
-            results_log.append(result)
-            state.done += 1
-            state.usage.add(Usage.from_dict(result["usage"]))
-        if on_progress:
-            on_progress(state, client)
-
     try:
-        for row in planned_rows(rows, cfg, state):
-            task_id = row["task_id"]
-            if task_id in finished:
-                state.skipped_finished += 1
-                continue
-            if task_id in seen:
-                state.duplicates += 1
-                continue
-            seen.add(task_id)
-            while len(in_flight) >= max(1, cfg.workers):
-                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            in_flight.add(asyncio.create_task(one(row)))
+        client = client or LLMClient(cfg.llm)
+        if client.cache is not None:  # temp files of a killed writer; inside our locked folder nobody else writes
+            inside = Path(client.cache.directory).resolve().is_relative_to(folder.root.resolve())
+            client.cache.sweep(min_age_s=0.0 if inside and cfg.shard[1] == 1 else 600.0)
+        run = Run(folder, cfg, client, input_stats)
+
+        def progress(state: RunState) -> None:
+            run.flush()
             if on_progress:
                 on_progress(state, client)
-        if in_flight:
-            await asyncio.wait(in_flight)
+
+        since = time.time()
+        try:
+            await run_resumable(
+                planned_rows(rows, cfg, run.state),
+                folder.root,
+                lambda row: process_trace(row, client, cfg, count_tokens),
+                workers=cfg.workers,
+                state=run.state,
+                on_progress=progress,
+                retry_failed=cfg.retry_failed,
+                folder=folder,
+            )
+        except LLMAbort as abort:
+            folder.forget_failures(since, getattr(abort, "signature", str(abort)))
+            raise
+        finally:
+            record = run.flush(final=True)
+            folder.compact_failures()
+            report = build_report(folder.root, cfg.summarize.pass_score)
+            report["this_run"] = {k: v for k, v in record.items() if k not in ("pid", "finished")}
+            write_json_atomic(folder.report_path, report)
+            if own_client:
+                await client.aclose()
     finally:
-        for task in in_flight:
-            task.cancel()
-        results_log.close()
-        failures_log.close()
-        if own_client:
-            await client.aclose()
-    _compact_failures(results_path, failures_path)
-    report = build_report(out, cfg)
-    report["this_run"] = {
-        "done": state.done,
-        "failed": state.failed,
-        "skipped_finished": state.skipped_finished,
-        "duplicates_in_input": state.duplicates,
-        "rejected": state.rejected,
-        "seconds": round(time.monotonic() - state.started, 3),
-        "traces_per_min": round(state.rate_per_min(), 2),
-        "llm": client.usage.to_dict(),
-        "cost": round(cost_of(client.usage, cfg), 6),
-    }
-    _rewrite_atomically(out / REPORT, [report])
+        folder.close()
     return report
 
 
-def run_pipeline(rows: Iterable[dict[str, Any]], out_dir: str | os.PathLike[str], cfg: PipelineConfig, **kwargs: Any) -> dict[str, Any]:
+def run_pipeline(
+    rows: Iterable[dict[str, Any]], out_dir: str | os.PathLike[str], cfg: PipelineConfig, **kwargs: Any
+) -> dict[str, Any]:
     """Synchronous wrapper of run_pipeline_async (see the module docstring)."""
     return asyncio.run(run_pipeline_async(rows, out_dir, cfg, **kwargs))
-
-
-# --------------------------------------------------------------------------------------- report
-
-
-def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 4) if values else None
-
-
-def build_report(out_dir: str | os.PathLike[str], cfg: PipelineConfig | None = None) -> dict[str, Any]:
-    """Judge pass rates, compression, blocks per trace, cost, and failures by stage, over all of out_dir."""
-    out = Path(out_dir)
-    pass_score = cfg.summarize.pass_score if cfg else 8.0
-    traces = blocks = first_pass = final_pass = 0
-    blocks_per_trace: list[int] = []
-    ratios: list[float] = []
-    usage = Usage()
-    finished: set[str] = set()
-    for r in read_jsonl(out / RESULTS):
-        finished.add(r["task_id"])
-        traces += 1
-        blocks_per_trace.append(r["num_blocks"])
-        for history, bt, mt in zip(r["judge_history"], r["block_tokens"], r["memento_tokens"]):
-            blocks += 1
-            first_pass += history[0] >= pass_score
-            final_pass += max(history) >= pass_score
-            ratios.append(mt / max(1, bt))
-        usage.add(Usage.from_dict(r.get("usage", {})))
-    latest_stage: dict[str, str] = {}  # the last recorded failure of each trace that is still unfinished
-    for f in read_jsonl(out / FAILURES):
-        if f.get("task_id") not in finished:
-            latest_stage[f["task_id"]] = f.get("stage", "?")
-    failed_ids = set(latest_stage)
-    failures_by_stage: dict[str, int] = {}
-    for stage in latest_stage.values():
-        failures_by_stage[stage] = failures_by_stage.get(stage, 0) + 1
-    total = usage.to_dict()
-    report = {
-        "traces": traces,
-        "failed_traces": len(failed_ids),
-        "failures_by_stage": failures_by_stage,
-        "blocks": blocks,
-        "median_blocks_per_trace": _median(blocks_per_trace),
-        "judge_pass_rate_first_round": round(first_pass / blocks, 4) if blocks else None,
-        "judge_pass_rate_final": round(final_pass / blocks, 4) if blocks else None,
-        "median_compression_tokens": _median(ratios),
-        "llm_calls_per_trace": round(total["calls"] / traces, 2) if traces else None,
-        "prompt_tokens_per_trace": round(total["prompt_tokens"] / traces, 1) if traces else None,
-        "usage": total,
-    }
-    if cfg is not None:
-        report["cost"] = round(cost_of(total, cfg), 6)
-    return report
-
-
-# --------------------------------------------------------------------------------------- dry run
-
-# What --dry-run assumes about what it cannot know before calling the LLM (the paper's figures):
-EXPECTED_BLOCK_TOKENS = 1150  # ~1,150 tokens per block on average in OpenMementos
-FIRST_ROUND_FAIL = 0.72  # 28 % of mementos pass the judge after one round
-
-
-def estimate_trace(row: dict[str, Any], cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens) -> dict[str, Any]:
-    """Calls and prompt tokens for one trace: exact for scoring, modelled for summarisation."""
-    from mementokit.pipeline.prompts import COMPRESS_SYSTEM, JUDGE_SYSTEM
-
-    split = split_trace(row["cot"], count_tokens=count_tokens, min_tokens=cfg.min_sentence_tokens)
-    n = len(split.sentences)
-    score_calls = score_tokens = 0
-    for window in score_call_plan(n, cfg.score) if n > 1 else []:
-        msgs = score_messages(split.sentences, split.separators, window, cfg.score)
-        score_calls += 1
-        score_tokens += sum(estimate_tokens(m["content"]) for m in msgs)
-    total = sum(count_tokens(s) for s in split.sentences)
-    k = max(1, round(total / EXPECTED_BLOCK_TOKENS))
-    sizes = {i: total // k for i in range(1, k + 1)}
-    memento = int(cfg.summarize.target_ratio * total / k)
-    problem = estimate_tokens(row.get("problem", "")) if row.get("problem") else 0
-    compress_calls = len(batches(list(sizes), sizes, cfg.summarize.batch_tokens))
-    judge_calls = len(batches(list(sizes), sizes, cfg.summarize.judge_batch_tokens))
-    compress_tokens = total + compress_calls * (estimate_tokens(COMPRESS_SYSTEM) + problem + 30)
-    judge_tokens = total + k * (memento + 20) + judge_calls * estimate_tokens(JUDGE_SYSTEM)
-    later = FIRST_ROUND_FAIL * max(0, cfg.summarize.rounds - 1)
-    refine_tokens = later * (total + k * (memento + 120) + compress_calls * (estimate_tokens(COMPRESS_SYSTEM) + problem))
-    calls = score_calls + compress_calls + judge_calls + round(later * (compress_calls + judge_calls))
-    prompt_tokens = score_tokens + compress_tokens + judge_tokens + refine_tokens + later * judge_tokens
-    return {
-        "task_id": row["task_id"],
-        "sentences": n,
-        "trace_tokens": total,
-        "expected_blocks": k,
-        "calls": int(calls),
-        "prompt_tokens": int(prompt_tokens),
-        "score_calls": score_calls,
-        "score_prompt_tokens": score_tokens,
-    }
-
-
-def estimate_run(rows: Iterable[dict[str, Any]], cfg: PipelineConfig, count_tokens: Callable[[str], int] = estimate_tokens) -> dict[str, Any]:
-    state = RunState()
-    per_trace = [estimate_trace(r, cfg, count_tokens) for r in planned_rows(rows, cfg, state)]
-    calls = sum(t["calls"] for t in per_trace)
-    tokens = sum(t["prompt_tokens"] for t in per_trace)
-    completion = sum(int(0.2 * t["trace_tokens"] * (1 + FIRST_ROUND_FAIL)) + 12 * t["sentences"] for t in per_trace)
-    return {
-        "traces": len(per_trace),
-        "rejected": state.rejected,
-        "calls": calls,
-        "prompt_tokens": tokens,
-        "completion_tokens_estimate": completion,
-        "cost_estimate": round((tokens * cfg.price_prompt_per_mtok + completion * cfg.price_completion_per_mtok) / 1e6, 4),
-        "assumptions": {
-            "tokens": "ceil(chars/4) for prompts",
-            "blocks": f"trace tokens / {EXPECTED_BLOCK_TOKENS}",
-            "first_round_fail": FIRST_ROUND_FAIL,
-            "rounds": cfg.summarize.rounds,
-        },
-        "per_trace": per_trace[:20],
-    }

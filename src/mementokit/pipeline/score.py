@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mementokit.pipeline.client import LLMClient, LLMError
+from mementokit.errors import ConfigError, LLMAbort, LLMError, StageFailure
+from mementokit.pipeline.client import LLMClient
 from mementokit.pipeline.parsing import parse_boundary_scores
-from mementokit.pipeline.prompts import RETRY_NOTE, SCORE_SYSTEM, SCORE_USER
+from mementokit.pipeline.prompts import SCORE_SYSTEM, SCORE_USER, retry_note
 from mementokit.pipeline.usage import Usage
 
-
-class StageFailure(Exception):
-    """A stage could not produce its output for one trace; recorded in failures.jsonl, retried on rerun."""
-
-    def __init__(self, stage: str, message: str):
-        self.stage = stage
-        super().__init__(message)
+__all__ = [
+    "ScoreConfig",
+    "ScoreResult",
+    "StageFailure",
+    "score_boundaries",
+    "score_call_plan",
+    "score_messages",
+    "windows",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,15 @@ class ScoreConfig:
     context_sentences: int = 2  # unmarked sentences shown on each side of a window
     max_sentence_chars: int = 800  # longer sentences are shown as head ... tail (the ends decide a boundary)
     max_attempts: int = 3  # asks per window, the first included
+
+    def __post_init__(self) -> None:
+        for name in ("window", "max_sentence_chars", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ScoreConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.second_window is not None and self.second_window < 1:
+            raise ConfigError(f"ScoreConfig.second_window must be >= 1 or None, got {self.second_window}")
+        if self.context_sentences < 0:
+            raise ConfigError(f"ScoreConfig.context_sentences must be >= 0, got {self.context_sentences}")
 
 
 @dataclass
@@ -70,7 +82,9 @@ def _shown(sentence: str, limit: int) -> str:
     return sentence[:head] + " [...] " + sentence[-(limit - head) :]
 
 
-def render_window(sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig) -> str:
+def render_window(
+    sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig
+) -> str:
     """The text of a window with [[B<n>]] markers at its boundaries (boundary n: after sentence n)."""
     n = len(sentences)
     lo = max(0, boundaries[0] - config.context_sentences)
@@ -86,33 +100,58 @@ def render_window(sentences: Sequence[str], separators: Sequence[str] | None, bo
     return "".join(parts)
 
 
-def score_messages(sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig) -> list[dict[str, str]]:
+def score_messages(
+    sentences: Sequence[str], separators: Sequence[str] | None, boundaries: Sequence[int], config: ScoreConfig
+) -> list[dict[str, str]]:
     text = render_window(sentences, separators, boundaries, config)
     user = SCORE_USER.format(text=text, first=boundaries[0], last=boundaries[-1], count=len(boundaries))
     return [{"role": "system", "content": SCORE_SYSTEM}, {"role": "user", "content": user}]
 
 
-async def _score_window(client: LLMClient, messages: list[dict[str, str]], boundaries: list[int], config: ScoreConfig, ledgers: Sequence[Usage]) -> tuple[dict[int, float], int]:
+async def _score_window(
+    client: LLMClient,
+    build: Callable[[list[int]], list[dict[str, str]]],
+    boundaries: list[int],
+    config: ScoreConfig,
+    ledgers: Sequence[Usage],
+) -> tuple[dict[int, float], int]:
+    """Scores for one window; a re-ask shows only the boundaries still missing and says what was wrong."""
     got: dict[int, float] = {}
     clamped = 0
     reason = ""
     for attempt in range(config.max_attempts):
-        asked = messages if attempt == 0 else [messages[0], {"role": "user", "content": messages[1]["content"] + RETRY_NOTE.format(reason=reason)}]
+        wanted = [b for b in boundaries if b not in got]
+        asked = build(wanted)
+        if attempt:
+            asked[-1] = {
+                "role": "user",
+                "content": asked[-1]["content"] + retry_note(reason, attempt, config.max_attempts),
+            }
+            for ledger in [client.usage, *ledgers]:
+                ledger.stage("score").reasks += 1
         try:
-            answer = await client.complete(asked, stage="score", ledgers=ledgers, max_tokens=None)
+            answer = await client.complete(
+                asked,
+                stage="score",
+                ledgers=ledgers,
+                usable=lambda text, w=wanted: bool(parse_boundary_scores(text, w).scores),
+            )
+        except LLMAbort:
+            raise
         except LLMError as exc:
             raise StageFailure("score", f"boundaries {boundaries[0]}-{boundaries[-1]}: {exc}") from exc
-        parsed = parse_boundary_scores(answer, [b for b in boundaries if b not in got])
+        parsed = parse_boundary_scores(answer, wanted)
         got.update(parsed.scores)
         clamped += parsed.clamped
         if len(got) == len(boundaries):
             return got, clamped
         reason = parsed.problem or "some boundaries have no score"
-        if attempt + 1 < config.max_attempts:
-            for ledger in [client.usage, *ledgers]:
-                ledger.stage("score").retries += 1
     missing = [b for b in boundaries if b not in got]
-    raise StageFailure("score", f"no usable scores for boundaries {missing[:10]} after {config.max_attempts} attempts: {reason}")
+    raise StageFailure(
+        "score",
+        f"no usable scores for boundaries {missing[:10]} after {config.max_attempts} attempts: {reason}",
+        permanent=True,
+    )
 
 
 async def score_boundaries(
@@ -132,7 +171,11 @@ async def score_boundaries(
     passes: list[list[float]] = []
     clamped = 0
     for plan in plans:
-        jobs = [_score_window(client, score_messages(sentences, separators, w, config), w, config, ledgers) for w in plan]
+
+        def build(boundaries: list[int]) -> list[dict[str, str]]:
+            return score_messages(sentences, separators, boundaries, config)
+
+        jobs = [_score_window(client, build, w, config, ledgers) for w in plan]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:

@@ -104,18 +104,25 @@ def _block_allowed(size: int, sentences: int, min_tokens: int, max_tokens: int |
     return max_tokens is None or size <= max_tokens or sentences == 1
 
 
-def _validate(boundary_scores: Sequence[float], token_counts: Sequence[int], min_tokens: int, max_tokens: int | None) -> None:
+def _validate(
+    boundary_scores: Sequence[float], token_counts: Sequence[int], min_tokens: int, max_tokens: int | None
+) -> None:
     n = len(token_counts)
     if n == 0:
         raise InputError("no sentences to segment", field="sentences")
     if len(boundary_scores) != n - 1:
-        raise InputError(f"{len(boundary_scores)} boundary scores for {n} sentences (need one per gap: {n - 1})", field="boundary_scores")
+        raise InputError(
+            f"{len(boundary_scores)} boundary scores for {n} sentences (need one per gap: {n - 1})",
+            field="boundary_scores",
+        )
     if any(not math.isfinite(float(s)) for s in boundary_scores):
         raise InputError("boundary scores must be finite numbers", field="boundary_scores")
     if any(int(t) < 0 for t in token_counts):
         raise InputError("token counts must be >= 0", field="sentences")
     if min_tokens < 0 or (max_tokens is not None and max_tokens < min_tokens):
-        raise InputError(f"need 0 <= min_block_tokens <= max_block_tokens, got {min_tokens}, {max_tokens}", field="min_block_tokens")
+        raise InputError(
+            f"need 0 <= min_block_tokens <= max_block_tokens, got {min_tokens}, {max_tokens}", field="min_block_tokens"
+        )
 
 
 def segment_brute_force(
@@ -134,7 +141,9 @@ def segment_brute_force(
         for cuts in itertools.combinations(range(n - 1), r):
             blocks = _blocks_from_cuts(cuts, n)
             sizes = _sizes(cuts, token_counts)
-            if not all(_block_allowed(s, e - b + 1, min_block_tokens, max_block_tokens) for s, (b, e) in zip(sizes, blocks)):
+            if not all(
+                _block_allowed(s, e - b + 1, min_block_tokens, max_block_tokens) for s, (b, e) in zip(sizes, blocks)
+            ):
                 continue
             value = segmentation_objective(cuts, boundary_scores, token_counts, variance_penalty)
             if best is None or value > best[0]:
@@ -162,7 +171,11 @@ class _Solver:
         # latest start j with P[i] - P[j] >= min, earliest start j with P[i] - P[j] <= max
         self.last_start = np.searchsorted(p, p - min_tokens, side="right") - 1
         self.last_start = np.minimum(self.last_start, np.arange(self.n + 1) - 1)
-        self.first_start = np.zeros(self.n + 1, dtype=np.int64) if max_tokens is None else np.searchsorted(p, p - max_tokens, side="left")
+        self.first_start = (
+            np.zeros(self.n + 1, dtype=np.int64)
+            if max_tokens is None
+            else np.searchsorted(p, p - max_tokens, side="left")
+        )
         self.has_max = max_tokens is not None
         self.solves = 0
 
@@ -212,7 +225,9 @@ class _Solver:
                         vals -= w_q * gap * gap
                     bad = cols[None, :] > self.last_start[chunk][:, None]
                     if self.has_max:
-                        bad |= (cols[None, :] < self.first_start[chunk][:, None]) & (cols[None, :] != chunk[:, None] - 1)
+                        bad |= (cols[None, :] < self.first_start[chunk][:, None]) & (
+                            cols[None, :] != chunk[:, None] - 1
+                        )
                     vals[bad] = -np.inf
                     best = vals.argmax(axis=1)
                     cur[chunk] = vals[np.arange(chunk.size), best]
@@ -224,7 +239,9 @@ class _Solver:
             prev = cur
         return found
 
-    def _ragged_best(self, f: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, w_q: float) -> tuple[np.ndarray, np.ndarray]:
+    def _ragged_best(
+        self, f: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, w_q: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Best value and leftmost best start of each row over its own start range [lo, hi] (lo <= hi)."""
         lens = hi - lo + 1
         offsets = np.cumsum(lens) - lens
@@ -336,7 +353,10 @@ def optimal_segmentation(
     # 1. max B for every K (cheap): a first incumbent, and the bound max_B(K)/K for pruning K
     top = solver.solve(1.0, 0.0, k_max)
     if not top:
-        raise InputError(f"no segmentation satisfies min_block_tokens={min_block_tokens}, max_block_tokens={max_block_tokens}", field="max_block_tokens")
+        raise InputError(
+            f"no segmentation satisfies min_block_tokens={min_block_tokens}, max_block_tokens={max_block_tokens}",
+            field="max_block_tokens",
+        )
     best_k, best_pt = max(top.items(), key=lambda kv: (g(*kv), -kv[0]))
     incumbent = g(best_k, best_pt)
     alive = [k for k, pt in top.items() if k >= 2 and pt.b / k > incumbent + eps]

@@ -1,8 +1,10 @@
 """Stage 1: read raw traces, map their fields, filter, and (optionally) sample by stratum.
 
-Field mapping: problem <- problem | prompt | question (or the first human turn of OpenThoughts
-`conversations`); cot <- cot | full_cot | response | reasoning (or the first assistant / gpt turn).
-A row without a `task_id` gets one from a hash of its problem and trace, so reruns recognise it.
+Field mapping (an `io.FieldMap`, `PIPELINE_FIELDS`; override with `--field response=my_column`):
+problem <- problem | prompt | question | input (or the first human turn of OpenThoughts `conversations`);
+the trace (`response` in the map, `cot` in the row) <- cot | full_cot | response | reasoning | output (or the
+first assistant / gpt turn). A row without a `task_id` gets one from a hash of its problem and trace, so reruns
+recognise it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mementokit.errors import InputError
+from mementokit.errors import ConfigError, InputError
+from mementokit.io.fields import MISSING, FieldMap
 
 PROBLEM_FIELDS = ("problem", "prompt", "question", "input")
 COT_FIELDS = ("cot", "full_cot", "response", "reasoning", "output")
+PIPELINE_FIELDS = FieldMap(problem=PROBLEM_FIELDS, response=COT_FIELDS)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
@@ -30,6 +34,14 @@ class SelectConfig:
     stratify_by: tuple[str, ...] = ()  # e.g. ("domain",) or ("domain", "difficulty")
     per_stratum: int | None = None  # with stratify_by: sample this many rows per stratum (reservoir, seeded)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_chars < 0 or (self.max_chars is not None and self.max_chars < max(1, self.min_chars)):
+            raise ConfigError(f"SelectConfig: need 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
+        if self.per_stratum is not None and self.per_stratum < 1:
+            raise ConfigError(f"SelectConfig.per_stratum must be >= 1, got {self.per_stratum}")
+        if self.per_stratum and not self.stratify_by:
+            raise ConfigError("SelectConfig: per_stratum (--per-stratum) needs stratify_by (--stratify-by)")
 
 
 def _turns(row: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -51,23 +63,39 @@ def _turns(row: dict[str, Any]) -> tuple[str | None, str | None]:
     return problem, cot
 
 
-def normalize_row(row: dict[str, Any], where: str | None = None, line: int | None = None) -> dict[str, Any]:
+def _text(fields: FieldMap, row: dict[str, Any], name: str, where: str | None, line: int | None) -> str | None:
+    column, value = fields.find(row, name)
+    if value is MISSING:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"expected text, got {type(value).__name__}", path=where, line=line, field=column)
+    return value
+
+
+def normalize_row(
+    row: dict[str, Any], where: str | None = None, line: int | None = None, fields: FieldMap = PIPELINE_FIELDS
+) -> dict[str, Any]:
     """A row with `task_id`, `problem`, `cot`, `domain`, `source` (and the other fields kept)."""
-    problem = next((row[f] for f in PROBLEM_FIELDS if isinstance(row.get(f), str)), None)
-    cot = next((row[f] for f in COT_FIELDS if isinstance(row.get(f), str)), None)
+    problem = _text(fields, row, "problem", where, line)
+    cot = _text(fields, row, "response", where, line)
     if problem is None or cot is None:
         p2, c2 = _turns(row)
         problem = problem if problem is not None else p2
         cot = cot if cot is not None else c2
     if cot is None:
-        raise InputError(f"no trace field (tried {', '.join(COT_FIELDS)}, conversations)", path=where, line=line, field="cot")
+        tried = ", ".join(fields.response)
+        raise InputError(f"no trace field (tried {tried}, conversations)", path=where, line=line, field="cot")
     problem = problem or ""
     out = dict(row)
     out["problem"], out["cot"] = problem, cot
     task_id = row.get("task_id", row.get("id"))
     if task_id is None:
-        task_id = "sha-" + hashlib.sha256((problem + "\x00" + cot).encode("utf-8")).hexdigest()[:16]
+        task_id = "sha-" + hashlib.sha256((problem + "\x00" + cot).encode("utf-8", "surrogatepass")).hexdigest()[:16]
     out["task_id"] = str(task_id)
+    for name in ("domain", "source", "difficulty"):
+        column, value = fields.find(row, name)
+        if value is not MISSING:
+            out[name] = value
     out.setdefault("domain", "")
     out.setdefault("source", "")
     return out
@@ -89,7 +117,9 @@ def rejection_reason(row: dict[str, Any], config: SelectConfig) -> str | None:
     return None
 
 
-def select_rows(rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+def select_rows(
+    rows: Iterable[dict[str, Any]], config: SelectConfig = SelectConfig(), rejected: dict[str, int] | None = None
+) -> Iterator[dict[str, Any]]:
     """Normalised rows that pass the filters; with per_stratum, a seeded sample of each stratum.
 
     Without sampling this streams; with it, it holds `per_stratum` rows per stratum (reservoir sampling).
@@ -124,9 +154,57 @@ def select_rows(rows: Iterable[dict[str, Any]], config: SelectConfig = SelectCon
         yield from reservoirs[key]
 
 
-def read_traces(source: str, *, config: str = "default", split: str = "train", fields: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
-    """Normalised rows from a JSONL / Parquet file, folder or hub id (mementokit.io.readers.iter_rows)."""
-    from mementokit.io.readers import iter_rows
+def read_traces(
+    source: str,
+    *,
+    config: str = "default",
+    split: str = "train",
+    fields: FieldMap | Sequence[str] | None = None,
+    skip_bad: bool = False,
+    on_bad: Callable[[InputError], None] | None = None,
+    stats: Any = None,
+) -> Iterator[dict[str, Any]]:
+    """Normalised rows from a JSONL / Parquet file, folder or hub id (mementokit.io.readers.iter_rows).
 
-    for row in iter_rows(source, config=config, split=split):
-        yield normalize_row(row.data, where=row.path, line=row.line)
+    `fields`: a FieldMap, or overrides of PIPELINE_FIELDS such as ["response=full_cot"]. With `skip_bad`, rows
+    that cannot be read or mapped are skipped: unreadable ones counted in `stats` (an io.ReadStats), unmappable
+    ones handed to `on_bad` (never silently).
+    """
+    from mementokit.io.readers import ReadStats, iter_rows
+
+    field_map = fields if isinstance(fields, FieldMap) else PIPELINE_FIELDS.with_overrides(list(fields or ()))
+    stats = stats if stats is not None else ReadStats()
+    for row in iter_rows(source, config=config, split=split, skip_bad=skip_bad, stats=stats):
+        try:
+            yield normalize_row(row.data, where=row.path, line=row.line, fields=field_map)
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            stats.rows_skipped += 1
+            stats.skipped_by_kind["unmappable"] += 1
+            if len(stats.examples) < stats.max_examples:
+                stats.examples.append(str(exc))
+            if on_bad is not None:
+                on_bad(exc)
+
+
+def select_file(
+    source: str,
+    out_path: str,
+    config: SelectConfig = SelectConfig(),
+    *,
+    fields: FieldMap | Sequence[str] | None = None,
+    skip_bad: bool = False,
+) -> dict[str, Any]:
+    """Stage 1 over a file: read, map, filter, sample, and write the kept rows as JSONL (atomically).
+
+    Returns {"rows", "rejected" (by reason), "bad_rows", "out"}.
+    """
+    from mementokit.io.readers import ReadStats
+    from mementokit.jsonl import write_jsonl_atomic
+
+    rejected: dict[str, int] = {}
+    stats = ReadStats()
+    rows = read_traces(source, fields=fields, skip_bad=skip_bad, stats=stats)
+    count = write_jsonl_atomic(out_path, select_rows(rows, config, rejected))
+    return {"rows": count, "rejected": rejected, "bad_rows": stats.rows_skipped, "out": str(out_path)}

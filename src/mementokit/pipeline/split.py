@@ -28,17 +28,54 @@ THINK_END = "</think>"
 
 # Regions in which no cut may fall. Order matters only for speed; overlaps are merged.
 _FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.S | re.M)
-_DISPLAY_MATH = re.compile(
-    r"\$\$.+?(?:\$\$|\Z)|\\\[.+?(?:\\\]|\Z)|\\begin\{([a-zA-Z*]+)\}.*?(?:\\end\{\1\}|\Z)", re.S
-)
+_DISPLAY_MATH = re.compile(r"\$\$.+?(?:\$\$|\Z)|\\\[.+?(?:\\\]|\Z)|\\begin\{([a-zA-Z*]+)\}.*?(?:\\end\{\1\}|\Z)", re.S)
 _INLINE_MATH = re.compile(r"\\\(.+?\\\)|(?<![\\$])\$(?!\$)[^$\n]+?(?<!\\)\$", re.S)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _WHITESPACE = re.compile(r"\s+")
 
 _ABBREVIATIONS = {
-    "e.g", "i.e", "etc", "vs", "cf", "approx", "resp", "al", "dr", "mr", "mrs", "ms", "prof", "fig", "figs",
-    "eq", "eqs", "no", "nos", "thm", "lem", "sec", "ch", "st", "jr", "sr", "vol", "pp", "ex", "def", "prop",
-    "cor", "max", "min", "deg", "approx", "ca", "incl", "u.s", "mt", "ft", "lb", "oz",
+    "e.g",
+    "i.e",
+    "etc",
+    "vs",
+    "cf",
+    "approx",
+    "resp",
+    "al",
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "prof",
+    "fig",
+    "figs",
+    "eq",
+    "eqs",
+    "no",
+    "nos",
+    "thm",
+    "lem",
+    "sec",
+    "ch",
+    "st",
+    "jr",
+    "sr",
+    "vol",
+    "pp",
+    "ex",
+    "def",
+    "prop",
+    "cor",
+    "max",
+    "min",
+    "deg",
+    "ca",
+    "incl",
+    "u.s",
+    "mt",
+    "ft",
+    "lb",
+    "oz",
 }
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+\u2022]|\d{1,3}[.)]|[a-zA-Z][.)]|\(\w{1,3}\))[ \t]+\S")
 _CONCLUSION = re.compile(r"(?:Therefore|Thus|So|Hence)\b")
@@ -158,7 +195,9 @@ def _candidate_cuts(region: str, protected: list[tuple[int, int]]) -> list[tuple
     return cuts
 
 
-def _merge(units: list[tuple[int, int]], region: str, count: Callable[[str], int], min_tokens: int) -> list[tuple[int, int]]:
+def _merge(
+    units: list[tuple[int, int]], region: str, count: Callable[[str], int], min_tokens: int
+) -> list[tuple[int, int]]:
     """Apply the joining rules to consecutive spans; a join keeps the whitespace between them inside."""
     if not units:
         return units
@@ -222,12 +261,13 @@ def split_spans(
     return _merge(units, region, count_tokens, min_tokens)
 
 
-def split_trace(
-    text: str, *, count_tokens: Callable[[str], int] = estimate_tokens, min_tokens: int = 5
-) -> SplitResult:
+def split_trace(text: str, *, count_tokens: Callable[[str], int] = estimate_tokens, min_tokens: int = 5) -> SplitResult:
     """Split a trace (with or without the think wrapper) into sentences and the separators between them."""
     start, end = think_region(text)
-    spans = [(start + a, start + b) for a, b in split_spans(text[start:end], count_tokens=count_tokens, min_tokens=min_tokens)]
+    spans = [
+        (start + a, start + b)
+        for a, b in split_spans(text[start:end], count_tokens=count_tokens, min_tokens=min_tokens)
+    ]
     if not spans:
         return SplitResult([], [text], [])
     separators = [text[: spans[0][0]]]

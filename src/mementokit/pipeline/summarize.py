@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mementokit.pipeline.client import LLMClient, LLMError
+from mementokit.errors import ConfigError, LLMAbort, LLMError, StageFailure
+from mementokit.format import DEFAULT_MARKERS
+from mementokit.pipeline.client import LLMClient
 from mementokit.pipeline.parsing import parse_numbered_sections, parse_verdicts
 from mementokit.pipeline.prompts import (
     BLOCK_TEMPLATE,
@@ -27,13 +29,12 @@ from mementokit.pipeline.prompts import (
     JUDGE_USER,
     REFINE_BLOCK_TEMPLATE,
     REFINE_USER,
-    RETRY_NOTE,
+    retry_note,
 )
-from mementokit.pipeline.score import StageFailure
 from mementokit.pipeline.split import estimate_tokens
 from mementokit.pipeline.usage import Usage
 
-MARKER_STRINGS = ("<think>", "</think>", "<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>")
+MARKER_STRINGS = DEFAULT_MARKERS.all
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class SummarizeConfig:
     judge_batch_tokens: int = 6000  # block tokens per judge call
     target_ratio: float = 0.15  # memento target, fraction of block tokens (rules say 10-20 %)
     max_attempts: int = 3  # asks per call, the first included
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "batch_tokens", "judge_batch_tokens", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SummarizeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.pass_score <= 10:
+            raise ConfigError(f"SummarizeConfig.pass_score must be in 0..10, got {self.pass_score}")
+        if not 0 < self.target_ratio <= 1:
+            raise ConfigError(f"SummarizeConfig.target_ratio must be in (0, 1], got {self.target_ratio}")
 
 
 @dataclass
@@ -88,31 +98,40 @@ def batches(numbers: Sequence[int], sizes: dict[int, int], budget: int) -> list[
 async def _ask_numbered(
     client: LLMClient,
     stage: str,
-    messages: list[dict[str, str]],
+    build: Callable[[list[int]], list[dict[str, str]]],
     expected: list[int],
     read: Callable[[str, list[int]], dict[int, Any]],
     attempts: int,
     ledgers: Sequence[Usage],
 ) -> dict[int, Any]:
-    """Ask until every expected number has an answer (or attempts run out: StageFailure)."""
+    """Ask until every expected number has an answer (or attempts run out: a permanent StageFailure).
+
+    A re-ask is built for the missing numbers only and says what was wrong with the previous answer.
+    """
     got: dict[int, Any] = {}
     reason = ""
     for attempt in range(attempts):
-        asked = messages
+        wanted = [n for n in expected if n not in got]
+        asked = build(wanted)
         if attempt:
-            asked = [messages[0], {"role": "user", "content": messages[1]["content"] + RETRY_NOTE.format(reason=reason)}]
+            asked[-1] = {"role": "user", "content": asked[-1]["content"] + retry_note(reason, attempt, attempts)}
             for ledger in [client.usage, *ledgers]:
-                ledger.stage(stage).retries += 1
+                ledger.stage(stage).reasks += 1
         try:
-            answer = await client.complete(asked, stage=stage, ledgers=ledgers)
+            answer = await client.complete(
+                asked, stage=stage, ledgers=ledgers, usable=lambda text, w=wanted: bool(read(text, w))
+            )
+        except LLMAbort:
+            raise
         except LLMError as exc:
             raise StageFailure(stage, str(exc)) from exc
-        got.update(read(answer, [n for n in expected if n not in got]))
+        got.update(read(answer, wanted))
         missing = [n for n in expected if n not in got]
         if not missing:
             return got
-        reason = f"nothing usable for numbers {missing}"
-    raise StageFailure(stage, f"no usable answer for blocks {[n for n in expected if n not in got]} after {attempts} attempts")
+        reason = f"nothing usable for {'blocks' if len(missing) > 1 else 'block'} {', '.join(map(str, missing))}"
+    missing = [n for n in expected if n not in got]
+    raise StageFailure(stage, f"no usable answer for blocks {missing} after {attempts} attempts", permanent=True)
 
 
 def _read_mementos(answer: str, expected: list[int]) -> dict[int, str]:
@@ -126,7 +145,12 @@ def _read_mementos(answer: str, expected: list[int]) -> dict[int, str]:
 
 
 class Summarizer:
-    def __init__(self, client: LLMClient, config: SummarizeConfig = SummarizeConfig(), count_tokens: Callable[[str], int] = estimate_tokens):
+    def __init__(
+        self,
+        client: LLMClient,
+        config: SummarizeConfig = SummarizeConfig(),
+        count_tokens: Callable[[str], int] = estimate_tokens,
+    ):
         self.client = client
         self.config = config
         self.count_tokens = count_tokens
@@ -134,23 +158,48 @@ class Summarizer:
     def _target(self, tokens: int) -> int:
         return max(8, round(tokens * self.config.target_ratio))
 
-    def compress_messages(self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int]) -> list[dict[str, str]]:
-        body = "\n\n".join(BLOCK_TEMPLATE.format(number=n, tokens=sizes[n], target=self._target(sizes[n]), text=blocks[n]) for n in numbers)
-        return [{"role": "system", "content": COMPRESS_SYSTEM}, {"role": "user", "content": COMPRESS_USER.format(problem=problem, blocks=body)}]
+    def compress_messages(
+        self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int]
+    ) -> list[dict[str, str]]:
+        body = "\n\n".join(
+            BLOCK_TEMPLATE.format(number=n, tokens=sizes[n], target=self._target(sizes[n]), text=blocks[n])
+            for n in numbers
+        )
+        return [
+            {"role": "system", "content": COMPRESS_SYSTEM},
+            {"role": "user", "content": COMPRESS_USER.format(problem=problem, blocks=body)},
+        ]
 
-    def refine_messages(self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int], last: dict[int, Attempt]) -> list[dict[str, str]]:
+    def refine_messages(
+        self, problem: str, blocks: dict[int, str], sizes: dict[int, int], numbers: list[int], last: dict[int, Attempt]
+    ) -> list[dict[str, str]]:
         body = "\n\n".join(
             REFINE_BLOCK_TEMPLATE.format(
-                number=n, tokens=sizes[n], target=self._target(sizes[n]), text=blocks[n],
-                memento=last[n].memento, score=f"{last[n].score:g}", feedback=last[n].feedback or "(none)",
+                number=n,
+                tokens=sizes[n],
+                target=self._target(sizes[n]),
+                text=blocks[n],
+                memento=last[n].memento,
+                score=f"{last[n].score:g}",
+                feedback=last[n].feedback or "(none)",
             )
             for n in numbers
         )
-        return [{"role": "system", "content": COMPRESS_SYSTEM}, {"role": "user", "content": REFINE_USER.format(problem=problem, blocks=body)}]
+        return [
+            {"role": "system", "content": COMPRESS_SYSTEM},
+            {"role": "user", "content": REFINE_USER.format(problem=problem, blocks=body)},
+        ]
 
-    def judge_messages(self, blocks: dict[int, str], candidates: dict[int, str], numbers: list[int]) -> list[dict[str, str]]:
-        pairs = "\n\n".join(JUDGE_PAIR_TEMPLATE.format(number=n, text=blocks[n], memento=candidates[n]) for n in numbers)
-        return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": JUDGE_USER.format(pairs=pairs)}]
+    def judge_messages(
+        self, blocks: dict[int, str], candidates: dict[int, str], numbers: list[int]
+    ) -> list[dict[str, str]]:
+        pairs = "\n\n".join(
+            JUDGE_PAIR_TEMPLATE.format(number=n, text=blocks[n], memento=candidates[n]) for n in numbers
+        )
+        return [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_USER.format(pairs=pairs)},
+        ]
 
     async def _gather(self, jobs: list) -> dict[int, Any]:
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -162,32 +211,66 @@ class Summarizer:
             merged.update(r)
         return merged
 
-    async def summarize(self, problem: str, block_texts: Sequence[str], ledgers: Sequence[Usage] = ()) -> list[BlockSummary]:
+    async def summarize(
+        self, problem: str, block_texts: Sequence[str], ledgers: Sequence[Usage] = ()
+    ) -> list[BlockSummary]:
         cfg = self.config
         blocks = {i + 1: text for i, text in enumerate(block_texts)}  # numbered from 1, as the prompts say
         sizes = {n: self.count_tokens(t) for n, t in blocks.items()}
         numbers = list(blocks)
-        candidates: dict[int, str] = await self._gather([
-            _ask_numbered(self.client, "compress", self.compress_messages(problem, blocks, sizes, group), group, _read_mementos, cfg.max_attempts, ledgers)
-            for group in batches(numbers, sizes, cfg.batch_tokens)
-        ])
+        candidates: dict[int, str] = await self._gather(
+            [
+                _ask_numbered(
+                    self.client,
+                    "compress",
+                    lambda ns: self.compress_messages(problem, blocks, sizes, ns),
+                    group,
+                    _read_mementos,
+                    cfg.max_attempts,
+                    ledgers,
+                )
+                for group in batches(numbers, sizes, cfg.batch_tokens)
+            ]
+        )
         history: dict[int, list[Attempt]] = {n: [] for n in numbers}
         pending = numbers
         for round_index in range(max(1, cfg.rounds)):
-            verdicts = await self._gather([
-                _ask_numbered(self.client, "judge", self.judge_messages(blocks, candidates, group), group, parse_verdicts, cfg.max_attempts, ledgers)
-                for group in batches(pending, sizes, cfg.judge_batch_tokens)
-            ])
+            verdicts = await self._gather(
+                [
+                    _ask_numbered(
+                        self.client,
+                        "judge",
+                        lambda ns: self.judge_messages(blocks, candidates, ns),
+                        group,
+                        parse_verdicts,
+                        cfg.max_attempts,
+                        ledgers,
+                    )
+                    for group in batches(pending, sizes, cfg.judge_batch_tokens)
+                ]
+            )
             for n in pending:
                 history[n].append(Attempt(candidates[n], verdicts[n].score, verdicts[n].feedback))
             pending = [n for n in pending if verdicts[n].score < cfg.pass_score]
             if not pending or round_index + 1 >= cfg.rounds:
                 break
             last = {n: history[n][-1] for n in pending}
-            candidates.update(await self._gather([
-                _ask_numbered(self.client, "refine", self.refine_messages(problem, blocks, sizes, group, last), group, _read_mementos, cfg.max_attempts, ledgers)
-                for group in batches(pending, sizes, cfg.batch_tokens)
-            ]))
+            candidates.update(
+                await self._gather(
+                    [
+                        _ask_numbered(
+                            self.client,
+                            "refine",
+                            lambda ns, last=last: self.refine_messages(problem, blocks, sizes, ns, last),
+                            group,
+                            _read_mementos,
+                            cfg.max_attempts,
+                            ledgers,
+                        )
+                        for group in batches(pending, sizes, cfg.batch_tokens)
+                    ]
+                )
+            )
         out = []
         for n in numbers:
             # best score wins; among equal scores the shorter memento (the goal is compression)

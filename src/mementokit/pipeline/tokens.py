@@ -24,7 +24,10 @@ def load_token_counter(spec: str | Path | None) -> tuple[TokenCounter, str]:
         return estimate_tokens, "estimate (ceil(chars / 4))"
     path = Path(spec)
     if not path.exists():
-        raise ConfigError(f"tokenizer {spec!r} is not a local file or folder (nothing is downloaded at run time; use 'estimate' or a local path)")
+        raise ConfigError(
+            f"tokenizer {spec!r} is not a local file or folder "
+            "(nothing is downloaded at run time; use 'estimate' or a local path)"
+        )
     if path.is_file():
         from tokenizers import Tokenizer
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mementokit.blocks import allowed_from_evictions
-from mementokit.errors import ConfigError
+from mementokit.blocks import allowed_from_evictions, spans_within
+from mementokit.errors import ConfigError, InputError
 from mementokit.sft.tokenize import IGNORE_INDEX, STAGES
 
 
@@ -60,6 +60,15 @@ def _field(feature: Any, name: str, default: Any = None) -> Any:
     return getattr(feature, name, default)
 
 
+def _required(feature: Any, name: str, row: int) -> list:
+    value = _field(feature, name)
+    if value is None:
+        present = sorted(feature) if isinstance(feature, Mapping) else type(feature).__name__
+        raise InputError(f"example {row} of the batch has no '{name}' (it has {present}); tokenize with "
+                         "mementokit.sft.SFTTokenizer, which gives input_ids, labels and mask_spans", field=name)
+    return list(value)
+
+
 @dataclass
 class MementoCollator:
     """Pad a list of examples (dataset rows or SFTExamples) into model inputs; see the module docstring.
@@ -85,11 +94,15 @@ class MementoCollator:
     def __call__(self, features: Sequence[Any]) -> dict[str, torch.Tensor]:
         if not features:
             raise ConfigError("cannot collate an empty batch")
-        ids = [list(_field(f, "input_ids")) for f in features]
-        labels = [list(_field(f, "labels")) for f in features]
+        ids = [_required(f, "input_ids", row) for row, f in enumerate(features)]
+        labels = [_required(f, "labels", row) for row, f in enumerate(features)]
+        spans = [_field(f, "mask_spans") for f in features] if self.stage == 2 else []
         if self.max_length is not None:
             ids = [x[: self.max_length] for x in ids]
             labels = [x[: self.max_length] for x in labels]
+            # The mask of the CUT sequence: restart-mode spans hide keys from the summary start, but only if the
+            # summary end (their reporting position) survived the cut.
+            spans = [None if s is None else spans_within(s, len(x)) for s, x in zip(spans, ids)]
         lengths = [len(x) for x in ids]
         width = max(lengths)
         if self.pad_to_multiple_of:
@@ -110,7 +123,6 @@ class MementoCollator:
             lengths_t = torch.as_tensor(lengths)
             batch["attention_mask"] = (torch.arange(width)[None, :] < lengths_t[:, None]).long()  # [B, L]
         else:
-            spans = [_field(f, "mask_spans") for f in features]
             allowed = padded_allowed(spans, lengths, width)  # [B, L, L] bool
             batch["attention_mask"] = additive_from_allowed(allowed, self.mask_dtype)  # [B, 1, L, L]
         return batch

@@ -13,7 +13,7 @@ leaves a half-written dataset that looks whole):
     messages.jsonl                     {"messages": [...]} per kept example, for other trainers
     tokenizer/                         the tokenizer the ids belong to (block markers added)
 
-Rows: input_ids, labels (-100 on the prompt), mask_spans (stage 2: [key_start, key_stop, trigger] triples,
+Rows: input_ids, labels (-100 on the prompt), mask_spans (stage 2: [key_start, key_stop, trigger(, at)],
 keys key_start..key_stop-1 hidden from queries >= trigger), num_tokens, prompt_tokens, truncated_tokens,
 ends_inside_block, blocks_completed, domain, source, index.
 """
@@ -320,7 +320,8 @@ def dataset_card(metadata: dict[str, Any]) -> str:
             "```",
             "",
             ("`mask_spans` holds the stage-2 mask compactly: each `[key_start, key_stop, trigger]` hides keys "
-            "key_start..key_stop-1 from every query at position >= trigger. `mementokit.sft.MementoCollator` "
+            "key_start..key_stop-1 from every query at position >= trigger (restart mode adds a fourth value, the "
+            "summary end that makes the eviction happen). `mementokit.sft.MementoCollator` "
             "expands it into the 4-D masks transformers models take."),
         ]
     lines += [

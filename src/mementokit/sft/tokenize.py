@@ -29,6 +29,7 @@ from mementokit.blocks import (
     BlockMaskingConfig,
     BlockStateMachine,
     add_block_markers,
+    compact_spans,
     resolve_marker_ids,
     visible_key_counts,
 )
@@ -50,7 +51,7 @@ class SFTExample:
     truncated_tokens: int  # completion tokens cut off by max_length
     ends_inside_block: bool  # the (possibly truncated) ids end with a block or a memento still open
     blocks_completed: int
-    mask_spans: list[tuple[int, int, int]] | None
+    mask_spans: list[tuple[int, ...]] | None  # (key_start, key_stop, trigger[, at]): blocks.compact_spans
     domain: str = "unknown"
     source: str | None = None
     index: int = 0
@@ -228,7 +229,7 @@ class SFTTokenizer:
         # The block state machine over the ids trained on; its evictions are exactly compact_mask's triples.
         machine = BlockStateMachine(self.block_masking, self.markers)
         evictions = machine.feed(np.asarray(input_ids, dtype=np.int64))
-        spans = [(e.key_start, e.key_stop, e.trigger) for e in evictions]
+        spans = compact_spans(evictions)
         made = SFTExample(
             input_ids=input_ids,
             labels=labels,
