@@ -36,8 +36,9 @@ class BlockStateMachine(BlockMachine):
 
     __slots__ = ("_watch_all",)
 
-    def __init__(self, config: BlockMaskingConfig, markers: MarkerIds, *, start_inside_assistant: bool = False):
-        super().__init__(config, markers, start_inside_assistant=start_inside_assistant)
+    def __init__(self, config: BlockMaskingConfig, markers: MarkerIds, *, start_inside_assistant: bool = False,
+                 record: bool = False):
+        super().__init__(config, markers, start_inside_assistant=start_inside_assistant, record=record)
         self._watch_all = np.array(sorted(self._watch_all_set), dtype=np.int64)
 
     def step(self, token_id: int) -> list[Eviction]:

@@ -1,4 +1,6 @@
-"""The format core: markers, the lossless trace model, validation problems, builders.
+"""The format core: markers, the lossless trace model, validation problems, builders, and the block state
+machine (`machine`: the one reading of block-semantics.md, on token ids in mementokit.blocks and on marker
+occurrences in the text view here).
 
 Everything else in mementokit depends on this package; it depends on nothing but the standard library.
 """

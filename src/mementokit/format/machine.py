@@ -105,10 +105,10 @@ class BlockMachine:
         "config", "markers", "position", "evicted_tokens", "completed_blocks",
         "_watch", "_watch_all_set", "_marker_watch", "_gating", "_gate_open", "_last_im_start",
         "_open", "_closed", "_summarizing", "_queue", "_queues", "_defers", "_ev_starts", "_ev_stops",
-        "_cap_in_block", "_cap_anchor", "_cap_markers", "_bs", "_be", "_ss", "_se", "_im", "_as",
+        "_cap_in_block", "_cap_anchor", "_cap_markers", "_bs", "_be", "_ss", "_se", "_im", "_as", "blocks",
     )
 
-    def __init__(self, config, markers, *, start_inside_assistant: bool = False):
+    def __init__(self, config, markers, *, start_inside_assistant: bool = False, record: bool = False):
         self.config = config
         self.markers = markers
         self.position = 0
@@ -133,6 +133,8 @@ class BlockMachine:
         self._cap_in_block = False  # the cap's one flag (not the block stack)
         self._cap_anchor = -1  # position of the last BS/BE: the cap's count starts after it
         self._cap_markers = 0  # SS/SE seen since the anchor (they do not count)
+        # record=True keeps every tracked block, in creation order (for pairing views); off for long generation.
+        self.blocks: list[Block] | None = [] if record else None
         if not config.enable:
             self._marker_watch: frozenset[Hashable] = frozenset()
             gate_watch: frozenset[Hashable] = frozenset()
@@ -196,7 +198,10 @@ class BlockMachine:
                 # keep_last_block_for_answer: a new block starts, so the oldest deferred block was not the last.
                 block = self._queue.popleft()
                 self._evict(block, at=p, recompute_from=block.summary_start, out=out)
-            self._open.append(Block(p))
+            block = Block(p)
+            self._open.append(block)
+            if self.blocks is not None:
+                self.blocks.append(block)
         elif token == self._be:
             if self._open:
                 block = self._open.pop()

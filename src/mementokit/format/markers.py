@@ -46,7 +46,8 @@ class Markers:
     @cached_property
     def code_of(self) -> dict[str, str]:
         """One letter per marker (T B E S F U), for matching the marker sequence with a regex."""
-        letters = {"think_start": "T", "block_start": "B", "block_end": "E", "summary_start": "S", "summary_end": "F", "think_end": "U"}
+        letters = {"think_start": "T", "block_start": "B", "block_end": "E", "summary_start": "S",
+                   "summary_end": "F", "think_end": "U"}
         return {marker: letters[name] for marker, name in self.kind_of.items()}
 
     @cached_property

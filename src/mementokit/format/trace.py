@@ -1,6 +1,8 @@
 """A lossless, one-pass model of a Memento response string.
 
-    prefix <think> text? (<|block_start|> block <|block_end|> sep <|summary_start|> memento <|summary_end|> sep)* </think> answer
+    prefix <think> text?
+      (<|block_start|> block <|block_end|> sep <|summary_start|> memento <|summary_end|> sep)*
+    </think> answer
 
 `parse_response` cuts the string into segments that tile it exactly: joining every segment's text gives
 back the input byte for byte, whatever the input (malformed ones included). Problems are recorded with
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from itertools import accumulate
 from enum import Enum
+from itertools import accumulate
 
 from mementokit.errors import TraceFormatError
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
+from mementokit.format.textview import MarkerRun
 
 
 class Kind(str, Enum):
@@ -99,7 +102,8 @@ class Trace:
         self.issues = issues if issues is not None else []
         self.markers = markers
         self._segments = segments
-        # Canonical layout only: piece boundaries of prefix <think> text (BS block BE sep SS memento SE text)* </think> answer.
+        # Canonical layout only: piece boundaries of
+        # prefix <think> text (BS block BE sep SS memento SE text)* </think> answer.
         self._bounds = bounds
 
     def __repr__(self) -> str:
@@ -183,12 +187,15 @@ class Trace:
         return self
 
 
-def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict: bool = False, _general: bool = False) -> Trace:
+def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict: bool = False,
+                   _general: bool = False) -> Trace:
     """Cut `response` into segments in one pass over its markers.
 
-    Rules (they mirror the token state machine of block-semantics.md where the text allows):
-    - a memento attaches to the most recently closed block that has none yet;
-    - a marker other than <|block_end|> inside an open block ends that block as unclosed (a second
+    Pairing is the block state machine's (mementokit.format.machine, run over the marker occurrences, each
+    marker one token): a memento belongs to the most recently OPENED closed block without one, whatever the
+    nesting; a block closed but never paired is "block_without_summary", a memento the machine ignores is
+    "summary_without_block". The segments tile the string (the round trip is exact); for them:
+    - a marker other than <|block_end|> inside an open block ends that block's segment as unclosed (a second
       <|block_start|> is reported as nesting); likewise for an open memento;
     - markers after </think> are still parsed, and reported.
     """
@@ -208,7 +215,6 @@ def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict:
     cursor = 0  # end of the last emitted segment
     open_block: Segment | None = None
     open_summary: Segment | None = None
-    unsummarised: list[int] = []  # positions in `segments` of closed blocks without a memento, newest last
     n_blocks = 0
     text_kind = (Kind.PREFIX, Kind.TEXT, Kind.ANSWER)
 
@@ -251,7 +257,8 @@ def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict:
         which = kind_of[match.group()]
         if open_block is not None and which != "block_end":
             if which == "block_start":
-                end_open_block(a, Problem.NESTED_BLOCK, f"block opened inside the block starting at char {open_block.start}")
+                end_open_block(a, Problem.NESTED_BLOCK,
+                               f"block opened inside the block starting at char {open_block.start}")
             else:
                 end_open_block(a, Problem.UNCLOSED_BLOCK, f"block ended by {match.group()} instead of its end marker")
         if open_summary is not None and which != "summary_end":
@@ -270,19 +277,12 @@ def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict:
             open_block.end, open_block.content_end = b, a
             if not response[open_block.content_start : a].strip():
                 issues.append(Issue(Problem.EMPTY_BLOCK, open_block.start, "block has no text"))
-            unsummarised.append(len(segments))
             segments.append(open_block)
             open_block = None
             cursor = b
         elif which == "summary_start":
             flush_text(a)
             open_summary = Segment(Kind.SUMMARY, a, -1, b, -1)
-            if unsummarised:
-                block = segments[unsummarised.pop()]
-                open_summary.index = block.index
-                block.summary = len(segments)  # the memento is appended next, at this position
-            else:
-                issues.append(Issue(Problem.SUMMARY_WITHOUT_BLOCK, a, "memento with no closed block before it"))
         elif which == "summary_end":
             if open_summary is None:
                 stray(a, b, f"{match.group()} with no open memento")
@@ -316,13 +316,32 @@ def parse_response(response: str, markers: Markers = DEFAULT_MARKERS, *, strict:
     flush_text(end)
     if zone < 2:
         issues.append(Issue(Problem.MISSING_THINK_END, end, f"no {markers.think_end}"))
-    for seg in segments:
-        if seg.kind is Kind.BLOCK and seg.closed and seg.summary < 0:
-            issues.append(Issue(Problem.BLOCK_WITHOUT_SUMMARY, seg.start, f"block {seg.index} has no memento"))
-    # A memento claims its block when it opens, so an unclosed memento still counts as the block's.
+    _pair_with_the_machine(response, markers, segments, issues)
     issues.sort(key=lambda i: i.offset)
     trace = Trace(response, segments, issues, markers)
     return trace.check() if strict else trace
+
+
+def _pair_with_the_machine(response: str, markers: Markers, segments: list[Segment], issues: list[Issue]) -> None:
+    """Link blocks and mementos as the block state machine pairs them (a memento claims its block when it opens,
+    so an unclosed memento still counts as the block's), and report what it leaves unpaired."""
+    run = MarkerRun(response, markers)
+    # Every block start / summary start marker begins a segment of its kind: find it by its offset.
+    at = {seg.start: position for position, seg in enumerate(segments) if seg.kind in (Kind.BLOCK, Kind.SUMMARY)}
+    occurrences = run.occurrences
+    claimed: set[int] = set()
+    for block_marker, summary_marker in run.pairs():
+        block = segments[at[occurrences[block_marker][1]]]
+        summary_position = at[occurrences[summary_marker][1]]
+        block.summary = summary_position
+        segments[summary_position].index = block.index
+        claimed.add(summary_marker)
+    for block_marker in run.unsummarised_blocks():
+        block = segments[at[occurrences[block_marker][1]]]
+        issues.append(Issue(Problem.BLOCK_WITHOUT_SUMMARY, block.start, f"block {block.index} has no memento"))
+    for j, (kind, a, _) in enumerate(occurrences):
+        if kind == "summary_start" and j not in claimed:
+            issues.append(Issue(Problem.SUMMARY_WITHOUT_BLOCK, a, "memento with no closed block to claim"))
 
 
 # -- fast path for well-formed responses --------------------------------------------------------------
