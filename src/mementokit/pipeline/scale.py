@@ -135,7 +135,7 @@ def make_executor(spec: StepSpec, options: ExecutorOptions):
             partition=options.partition,
             job_name=options.job_name,
             cpus_per_task=options.cpus_per_task,
-            env_command=options.env_command,
+            env_command=options.env_command or _activate_this_venv(),
         )
     try:
         import ray  # noqa: F401
@@ -143,6 +143,14 @@ def make_executor(spec: StepSpec, options: ExecutorOptions):
     except ImportError:
         raise ConfigError("--executor ray needs ray: pip install ray") from None
     return RayPipelineExecutor(**common, cpus_per_task=options.cpus_per_task)
+
+
+def _activate_this_venv() -> str | None:
+    """`source .../bin/activate` of the virtualenv this command runs in, so Slurm tasks run the same code."""
+    import sys
+
+    activate = Path(sys.prefix) / "bin" / "activate"
+    return f"source {activate}" if sys.prefix != sys.base_prefix and activate.exists() else None
 
 
 def reopen_unfinished_tasks(out_dir: str | Path, tasks: int) -> list[int]:
