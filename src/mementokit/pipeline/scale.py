@@ -202,17 +202,11 @@ def _sum_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     from mementokit.pipeline.usage import Usage
 
     usage = Usage()
-    out: dict[str, Any] = {
-        "done": 0,
-        "failed": 0,
-        "skipped_finished": 0,
-        "skipped_failed": 0,
-        "cost": 0.0,
-        "seconds": 0.0,
-    }
+    counts = ("done", "failed", "skipped_finished", "skipped_failed", "bad_rows")
+    out: dict[str, Any] = {**dict.fromkeys(counts, 0), "cost": 0.0, "seconds": 0.0}
     for run in runs:
         usage.add(Usage.from_dict(run.get("llm", {})))
-        for key in ("done", "failed", "skipped_finished", "skipped_failed"):
+        for key in counts:
             out[key] += int(run.get(key, 0))
         out["cost"] += float(run.get("cost", 0.0))
         out["seconds"] = max(out["seconds"], float(run.get("seconds", 0.0)))
