@@ -129,3 +129,18 @@ def test_help_runs_as_a_real_process_at_80_columns():
                          env={"COLUMNS": "80", "PATH": "", "PYTHONPATH": ":".join(sys.path)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert max(len(line) for line in out.stdout.splitlines()) <= 80
+
+
+def test_the_command_line_stays_thin():
+    """No function of mementokit.cli over 60 lines: library work belongs in the library."""
+    import ast
+    from pathlib import Path
+
+    import mementokit.cli
+
+    too_long = []
+    for path in sorted(Path(mementokit.cli.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                too_long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not too_long, too_long
