@@ -5,7 +5,9 @@ teacher: a tiny random causal LM behind an OpenAI-compatible HTTP server on
 equal to the teacher can be checked against them.
 
     teacher = build_teacher(tmp_path)                 # model + tokenizer saved in tmp_path/"teacher"
-    with serve_teacher(teacher) as (base_url, stats): ...   # stats.generated: every completion's ids
+    with memento_serve(teacher) as base_url: ...      # the project's own server (`memento serve`), masking off
+    with serve_teacher(teacher) as (base_url, stats): ...   # a scripted one that can misbehave (latency, fewer
+                                                      # top logprobs, raw strings); stats.generated: its ids
     write_checkpoint(tmp_path / "ep_000200", entries, system_prompt="...")   # memory_1 ... memory_N.jsonl
 """
 
@@ -190,6 +192,18 @@ def make_app(teacher: Teacher, stats: ServerStats, lock: threading.Lock) -> Fast
                 stats.in_flight -= 1
 
     return app
+
+
+@contextlib.contextmanager
+def memento_serve(teacher: Teacher, *, max_batch_size: int = 8):
+    """`memento serve` (its Python API) over the teacher, block masking off, on a free loopback port."""
+    from helpers_serve import running
+    from mementokit.serve import Engine, Server
+
+    torch.set_num_threads(1)
+    engine = Engine(teacher.model, teacher.tokenizer, None, model_name="teacher", max_batch_size=max_batch_size)
+    with running(Server(engine, teacher.tokenizer, model_name="teacher")) as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -184,3 +184,11 @@ def test_flat_reconstruct_matches_cartridges_layout():
     lp, ids = flat.reconstruct()
     assert ids.tolist() == [[4, 5], [-1, -1], [6, -1]]
     assert lp[1].tolist() == [-1000.0, -1000.0]
+
+
+def test_metadata_of_clashing_types_is_an_input_error(tmp_path, tokenizer):
+    rows = [row(exact_assistant([5]), metadata={"sample_idx": 0, "note": "a"}),
+            row(exact_assistant([6]), metadata={"sample_idx": 1, "note": 3})]
+    with pytest.raises(InputError, match="field 'metadata': metadata values of different types"):
+        convert(write(tmp_path / "in.jsonl", rows), tokenizer, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()

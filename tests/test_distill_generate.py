@@ -1,5 +1,6 @@
-"""Teacher generation and conversion against a real teacher on 127.0.0.1 (a tiny random LM returning its own
-logprobs and the ids it generated): exact ids end to end, resume after a kill, servers that fall short."""
+"""Teacher generation and conversion against real teachers on 127.0.0.1 over a tiny random LM: `memento serve`
+for the exact-ids path, and a scripted server for what other servers do (latency for a kill mid-run, fewer top
+logprobs than asked, strings without ids)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers_cli import invoke
-from helpers_distill import build_teacher, calculator_history, serve_teacher, write_checkpoint
+from helpers_distill import build_teacher, calculator_history, memento_serve, serve_teacher, write_checkpoint
 from helpers_llm_server import Script, running_server
 from mementokit.distill import GenerateConfig, convert, generate, load_config
 from mementokit.distill.convert import FlatTopLogprobs
@@ -33,18 +34,19 @@ def teacher(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generated(teacher, tmp_path_factory):
-    """12 samples generated at temperature 1.5 (so that rare byte tokens get drawn), then converted keeping every
-    top entry: (folder, server stats, parquet path, convert report)."""
+    """12 samples `memento serve` generated at temperature 1.5 (so that rare byte tokens get drawn), converted
+    keeping every top entry: (folder, the intermediate rows, parquet path, convert report)."""
     folder = tmp_path_factory.mktemp("gen")
     checkpoint = write_checkpoint(folder / "ep_000200", calculator_history(12))
-    with serve_teacher(teacher) as (url, stats):
+    with memento_serve(teacher) as url:
         report = generate(GenerateConfig(checkpoint_dir=str(checkpoint), model="teacher", base_url=url,
                                          out=str(folder / "out"), top_logprobs=K, max_tokens=24, temperature=1.5,
                                          max_concurrency=4, metadata={"dataset_version": "v1"}))
     assert report["finished"] == 12 and report["failed"] == 0
     parquet = folder / "data.parquet"
     converted = convert(folder / "out" / "results.jsonl", teacher.folder, parquet, min_prob_mass=1.0)
-    return folder, stats, parquet, converted
+    rows = [json.loads(line) for line in (folder / "out" / "results.jsonl").read_text().splitlines()]
+    return folder, rows, parquet, converted
 
 
 def lossy(tokenizer, token_id: int) -> bool:
@@ -54,21 +56,34 @@ def lossy(tokenizer, token_id: int) -> bool:
 
 
 def test_parquet_ids_are_the_ids_the_server_generated(generated, teacher):
-    folder, stats, parquet, converted = generated
-    conversations = pq.read_table(parquet).column("messages").to_pylist()
-    assistant = [c[-1] for c in conversations]
-    assert sorted(map(tuple, stats.generated)) == sorted(tuple(a["token_ids"]) for a in assistant)
-    by_ids = {tuple(ids): top for ids, top in zip(stats.generated, stats.generated_top)}
-    for message in assistant:
-        top = message["top_logprobs"]
+    """The ids in the parquet are the server's, and they are the teacher's own choices: replaying prompt + ids
+    through the teacher gives, at every row, exactly the top-k ids (and logprobs) the parquet holds. A token
+    re-encoded from its string, or a row shifted by one, would break this."""
+    import torch
+
+    _, rows, parquet, converted = generated
+    served = {r["task_id"]: r for r in rows}
+    conversations = pq.read_table(parquet).to_pylist()
+    drawn = set()
+    for conversation in conversations:
+        row = served[f"sample-{conversation['metadata']['sample_idx']:06d}"]
+        assistant = conversation["messages"][-1]
+        assert assistant["token_ids"] == row["messages"][-1]["token_ids"]  # the server's token_ids, unchanged
+        top = assistant["top_logprobs"]
         flat = FlatTopLogprobs(np.asarray(top["token_idx"]), np.asarray(top["token_id"]),
                                np.asarray(top["logprobs"]), tuple(top["shape"]))
-        _, dense_ids = flat.reconstruct()
-        assert dense_ids.tolist() == by_ids[tuple(message["token_ids"])]  # every top-k id, in the server's order
-    drawn = {t for ids in stats.generated for t in ids} | {t for tops in stats.generated_top for r in tops for t in r}
+        dense_lp, dense_ids = flat.reconstruct()
+        ids = row["prompt_token_ids"] + assistant["token_ids"]
+        with torch.no_grad():
+            logits = teacher.model(torch.tensor([ids])).logits[0, len(row["prompt_token_ids"]) - 1:-1]  # [T, V]
+        values, indices = torch.log_softmax(logits.float(), -1).topk(K)
+        assert dense_ids.tolist() == indices.tolist()
+        assert np.allclose(dense_lp, values.numpy(), atol=1e-4)
+        drawn |= set(assistant["token_ids"])
     byte_tokens = [t for t in drawn if lossy(teacher.tokenizer, t)]
-    assert byte_tokens, "the test must cover a byte-fallback token"
+    assert byte_tokens, "the test must cover a generated byte-fallback token"
     assert converted["conversations_with_ids_from_strings"] == 0
+    assert all(r["metadata"]["token_ids_from"] == "server" for r in rows)
 
 
 def test_parquet_reads_back_with_the_cartridges_schema(generated):
@@ -102,13 +117,14 @@ def test_parquet_reads_back_with_the_cartridges_schema(generated):
 def test_pandas_reader_like_cartridges_sees_the_same_arrays(generated):
     import pandas as pd
 
-    _, stats, parquet, _ = generated
+    _, rows, parquet, _ = generated
+    served = [r["messages"][-1]["token_ids"] for r in rows]
     records = pd.read_parquet(parquet).to_dict(orient="records")  # cartridges' _conversations_from_parquet
     for record in records:
         top = record["messages"][-1]["top_logprobs"]
         flat = FlatTopLogprobs(**top)
         assert flat.shape[0] == len(record["messages"][-1]["token_ids"])
-        assert list(record["messages"][-1]["token_ids"]) in stats.generated
+        assert list(record["messages"][-1]["token_ids"]) in served
 
 
 def test_convert_command_and_inspect(generated, teacher, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 import mementokit.distill.train as distill_train
 from helpers_cli import invoke
-from helpers_distill import build_teacher, calculator_history, serve_teacher, write_checkpoint
+from helpers_distill import build_teacher, calculator_history, memento_serve, write_checkpoint
 from helpers_models import build_tiny_model
 from mementokit.distill import GenerateConfig, convert, generate
 from mementokit.distill.train import evaluate_loss, load_examples, teacher_entropy
@@ -19,11 +19,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """A teacher, 6 samples it answered (top 20, every entry kept), and the parquet: (teacher, folder, parquet)."""
+    """A teacher, 6 samples it answered through `memento serve` (top 20, every entry kept), and the parquet:
+    (teacher, folder, parquet)."""
     folder = tmp_path_factory.mktemp("train")
     teacher = build_teacher(folder)
     checkpoint = write_checkpoint(folder / "ep_000003", calculator_history(6))
-    with serve_teacher(teacher) as (url, _):
+    with memento_serve(teacher) as url:
         generate(GenerateConfig(checkpoint_dir=str(checkpoint), model="teacher", base_url=url, out=str(folder / "gen"),
                                 top_logprobs=20, max_tokens=16, temperature=1.0))
     convert(folder / "gen" / "results.jsonl", teacher.folder, folder / "data.parquet", min_prob_mass=1.0)

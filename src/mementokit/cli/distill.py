@@ -24,6 +24,8 @@ Window = Annotated[int | None, typer.Option("--window", min=1, help="rolling_win
                                                show_default=False)]
 Types = Annotated[str | None, typer.Option("--types", help="Entry types shown, e.g. Observation,Feedback.",
                                               show_default=False)]
+MaxEntries = Annotated[int | None, typer.Option("--max-entries", min=0, help="Cap every memory view to its last N "
+                                                "entries (default: the whole view).", show_default=False)]
 MaxSamples = Annotated[int | None, typer.Option("--max-samples", min=1, help="Only the first N samples.",
                                                    show_default=False)]
 SystemPrompt = Annotated[str | None, typer.Option("--system-prompt", help="Base system prompt (text or file); "
@@ -47,6 +49,7 @@ def prompts_command(
     strategy: Strategy = "exclude_current",
     window: Window = None,
     types: Types = None,
+    max_entries: MaxEntries = None,
     max_samples: MaxSamples = None,
     system_prompt: SystemPrompt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSONL here (default: stdout).",
@@ -55,14 +58,14 @@ def prompts_command(
 ) -> None:
     """The exact prompts the teacher will see, one JSON line per sample.
 
-    Example: memento distill prompts ep_000200 --strategy rolling_window --window 6 --out prompts.jsonl
+    Example: memento distill prompts ep_000200 --strategy full_memory -o p.jsonl
     """
     from mementokit.distill import PromptOptions, iter_prompts, load_checkpoint
     from mementokit.jsonl import dumps_line, write_jsonl_atomic
 
     checkpoint = load_checkpoint(checkpoint_dir, system_prompt=system_prompt, skip_bad=skip_bad, on_bad=_warn_bad)
     options = PromptOptions(strategy=strategy, window=window, types=tuple(_split_types(types) or ()) or None,
-                            max_samples=max_samples)
+                            max_entries=max_entries, max_samples=max_samples)
     records = iter_prompts(checkpoint, options)
     if out is None:
         for record in records:
@@ -83,6 +86,7 @@ def generate_command(
                                                     show_default=False)] = None,
     window: Window = None,
     types: Types = None,
+    max_entries: MaxEntries = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name the teacher serves.",
                                                  show_default=False)] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (…/v1).",
@@ -108,23 +112,16 @@ def generate_command(
 ) -> None:
     """Teacher answers with logprobs and exact ids: the intermediate JSONL (OUT/results.jsonl). Resumable.
 
-    Example: memento distill generate ep_000200 --model teacher --base-url http://127.0.0.1:8000/v1 --out gen/
+    Example: memento distill generate ep_000200 --model m --base-url $URL -o gen/
     """
-    from mementokit.distill import GenerateConfig, generate, load_config
+    from mementokit.distill import generate
 
     given = dict(checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, model=model, base_url=base_url,
-                 api_key=api_key, strategy=strategy, window=window, types=_split_types(types),
+                 api_key=api_key, strategy=strategy, window=window, types=_split_types(types), max_entries=max_entries,
                  top_logprobs=top_logprobs, max_tokens=max_tokens, temperature=temperature, max_samples=max_samples,
                  max_concurrency=concurrency, id_source=id_source, out=str(out) if out else None,
                  skip_bad=skip_bad or None)
-    if config is not None:
-        settings = load_config(config, **given)
-    else:
-        missing = [flag for flag, name in (("CHECKPOINT_DIR", "checkpoint_dir"), ("--model", "model"),
-                                           ("--out", "out")) if given[name] is None]
-        if missing:
-            raise typer.BadParameter(f"missing {', '.join(missing)} (or give --config)")
-        settings = GenerateConfig(**{k: v for k, v in given.items() if v is not None})
+    settings = _generate_settings(config, given)
     with progress_bar(None, "teacher") as advance:
         seen = [0]
 
@@ -136,6 +133,19 @@ def generate_command(
     _print_generate(report, json_out)
     if report["failed"]:
         raise typer.Exit(1)
+
+
+def _generate_settings(config: Path | None, given: dict):
+    """A GenerateConfig from --config (options given win) or from the options alone."""
+    from mementokit.distill import GenerateConfig, load_config
+
+    if config is not None:
+        return load_config(config, **given)
+    missing = [flag for flag, name in (("CHECKPOINT_DIR", "checkpoint_dir"), ("--model", "model"), ("--out", "out"))
+               if given[name] is None]
+    if missing:
+        raise typer.BadParameter(f"missing {', '.join(missing)} (or give --config)")
+    return GenerateConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def _print_generate(report: dict, json_out: bool) -> None:
@@ -168,7 +178,7 @@ def convert_command(
 ) -> None:
     """The cartridges parquet, written, read back and validated.
 
-    Example: memento distill convert gen/results.jsonl -t ./teacher --out data.parquet
+    Example: memento distill convert gen/results.jsonl -t ./teacher -o d.parquet
     """
     from mementokit.distill import convert
 
@@ -200,7 +210,7 @@ def inspect_command(
 ) -> None:
     """Counts, tokens, entries kept per token, mass kept, file size, one conversation.
 
-    Example: memento distill inspect data.parquet --tokenizer ./teacher --example 3
+    Example: memento distill inspect d.parquet --tokenizer ./teacher --example 3
     """
     from mementokit.blocks.tokens import load_hf_tokenizer
     from mementokit.distill import inspect_dataset
@@ -241,7 +251,7 @@ def train_command(
 ) -> None:
     """Train a student on the teacher's top-k (the loss aligned on position(token) - 1).
 
-    Example: memento distill train data.parquet --model ./student --out run/ --max-steps 200
+    Example: memento distill train d.parquet --model ./student -o run/
     """
     from mementokit.distill.train import DistillTrainConfig, train_student
 

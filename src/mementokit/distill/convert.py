@@ -284,7 +284,11 @@ def write_conversations(conversations: Iterator[dict[str, Any]], out: str | Path
         flush()
     if not system:
         raise InputError("no conversation to write (the input is empty, or every row was skipped)")
-    meta = pa.array(metadata)  # one struct type over every row's keys
+    try:
+        meta = pa.array(metadata)  # one struct type over every row's keys
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(f"metadata values of different types across rows cannot make one column: {exc}",
+                         field="metadata") from None
     schema = cartridges_schema(meta.type)
     table = pa.Table.from_arrays([pa.chunked_array(chunks, type=schema.field("messages").type),
                                   pa.array(system, pa.string()), meta, pa.array(kinds, pa.string())], schema=schema)
