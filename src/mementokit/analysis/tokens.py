@@ -26,7 +26,7 @@ def load_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
     """
     from tokenizers import AddedToken, Tokenizer
 
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
 
     path = Path(name_or_path)
     if path.is_file():

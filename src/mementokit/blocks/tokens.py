@@ -94,20 +94,6 @@ def resolve_marker_ids(tokenizer, config: BlockMaskingConfig | None = None) -> M
     )
 
 
-def load_hf_tokenizer(name_or_path: str | Path):
-    """A Hugging Face tokenizer from a local folder (or a hub name, where the hub can be reached).
-
-    Whatever goes wrong (no such folder, no tokenizer files, no network) becomes one ConfigError line.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, HTTP and JSON errors alike
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load tokenizer '{name_or_path}': {first_line}") from None
-
-
 def add_block_markers(tokenizer, config: BlockMaskingConfig | None = None) -> int:
     """Add the four block markers as special tokens (so they never split); returns how many ids were new.
 

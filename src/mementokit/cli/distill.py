@@ -212,7 +212,7 @@ def inspect_command(
 
     Example: memento distill inspect d.parquet --tokenizer ./teacher --example 3
     """
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
     from mementokit.distill import inspect_dataset
 
     loaded = load_hf_tokenizer(tokenizer) if tokenizer else None

@@ -7,36 +7,20 @@ string but its parts (microsoft/memento's `segments`, or the OpenMementos `full`
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mementokit.errors import ConfigError, InputError, MementoError
+from mementokit.format.builders import response_from_row
 from mementokit.io.fields import MISSING, FieldMap, lookup_field
 from mementokit.io.readers import open_items
 from mementokit.io.stats import BAD_STRUCTURE, MISSING_FIELD, WRONG_TYPE, ReadStats, RowError
-
-UNKNOWN_DOMAIN = "unknown"
+from mementokit.records import UNKNOWN_DOMAIN, TraceRecord
 
 # Columns from which a response can be built when there is no response column.
 RESPONSE_PARTS = ("segments", "sentences", "blocks", "block_summaries")
-
-
-@dataclass(frozen=True, slots=True)
-class TraceRecord:
-    """One trace. `raw` is the row as read (all columns, e.g. `sentences` of the full config)."""
-
-    problem: str | None
-    response: str
-    domain: str = UNKNOWN_DOMAIN
-    source: str | None = None
-    difficulty: Any = None
-    origin: str = ""
-    index: int = 0  # 0-based position in what iter_traces yielded
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def iter_traces(
@@ -66,13 +50,28 @@ def iter_traces(
     warn_skips = stats is None
     stats = stats if stats is not None else ReadStats()
     items = open_items(
-        source, config=config, split=split, shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer,
-        stratify_key=_trace_key(stratify_by, field_map), skip_bad=skip_bad, stats=stats, reader=reader,
+        source,
+        config=config,
+        split=split,
+        shuffle_seed=shuffle_seed,
+        shuffle_buffer=shuffle_buffer,
+        stratify_key=_trace_key(stratify_by, field_map),
+        skip_bad=skip_bad,
+        stats=stats,
+        reader=reader,
     )
     return _traces(items, field_map, limit, skip_bad, stats, warn_skips)
 
 
-def record_from_row(data: dict[str, Any], field_map: FieldMap | None = None, *, path: str | None = None, line: int | None = None, origin: str = "", index: int = 0) -> TraceRecord:
+def record_from_row(
+    data: dict[str, Any],
+    field_map: FieldMap | None = None,
+    *,
+    path: str | None = None,
+    line: int | None = None,
+    origin: str = "",
+    index: int = 0,
+) -> TraceRecord:
     """One row as a TraceRecord, or RowError (an InputError) naming `path`, `line` and the field at fault."""
     field_map = field_map or FieldMap()
     response = _response(data, field_map, path, line)
@@ -81,7 +80,13 @@ def record_from_row(data: dict[str, Any], field_map: FieldMap | None = None, *, 
     source = _optional_str(data, field_map, "source", path, line)
     column, difficulty = field_map.find(data, "difficulty")
     if isinstance(difficulty, (dict, list)):
-        raise RowError(WRONG_TYPE, f"expected a number or a string, got {type(difficulty).__name__}", path=path, line=line, field=column)
+        raise RowError(
+            WRONG_TYPE,
+            f"expected a number or a string, got {type(difficulty).__name__}",
+            path=path,
+            line=line,
+            field=column,
+        )
     return TraceRecord(
         problem=problem,
         response=response,
@@ -97,7 +102,9 @@ def record_from_row(data: dict[str, Any], field_map: FieldMap | None = None, *, 
 # --------------------------------------------------------------------------------------------- internals
 
 
-def _traces(items, field_map: FieldMap, limit: int | None, skip_bad: bool, stats: ReadStats, warn_skips: bool) -> Iterator[TraceRecord]:
+def _traces(
+    items, field_map: FieldMap, limit: int | None, skip_bad: bool, stats: ReadStats, warn_skips: bool
+) -> Iterator[TraceRecord]:
     index = 0
     try:
         if limit == 0:
@@ -139,7 +146,9 @@ def _trace_key(stratify_by: str | None, field_map: FieldMap) -> Callable[[dict[s
     return key
 
 
-def _optional_str(data: dict[str, Any], field_map: FieldMap, name: str, path: str | None, line: int | None) -> str | None:
+def _optional_str(
+    data: dict[str, Any], field_map: FieldMap, name: str, path: str | None, line: int | None
+) -> str | None:
     column, value = field_map.find(data, name)
     if value is MISSING:
         return None
@@ -152,11 +161,13 @@ def _response(data: dict[str, Any], field_map: FieldMap, path: str | None, line:
     column, value = field_map.find(data, "response")
     if value is not MISSING:
         if not isinstance(value, str):
-            raise RowError(WRONG_TYPE, f"expected a string, got {type(value).__name__}", path=path, line=line, field=column)
+            raise RowError(
+                WRONG_TYPE, f"expected a string, got {type(value).__name__}", path=path, line=line, field=column
+            )
         return value
     tried = ", ".join(field_map.response)
     if "segments" in data or ("sentences" in data and "blocks" in data):
-        return _built_response(data, tried, path, line)
+        return _built_response(data, path, line)
     present = ", ".join(list(data)[:12]) + (", ..." if len(data) > 12 else "")
     raise RowError(
         MISSING_FIELD,
@@ -167,27 +178,33 @@ def _response(data: dict[str, Any], field_map: FieldMap, path: str | None, line:
     )
 
 
-def _built_response(data: dict[str, Any], tried: str, path: str | None, line: int | None) -> str:
+def _built_response(data: dict[str, Any], path: str | None, line: int | None) -> str:
     """The response built from segments / full-config columns by mementokit.format.builders."""
     parts = "segments" if "segments" in data else "sentences + blocks"
     try:
-        builders = importlib.import_module("mementokit.format.builders")
-        response_from_row = builders.response_from_row
-    except (ImportError, AttributeError):
+        response = response_from_row(data)
+    except InputError as error:
         raise RowError(
-            MISSING_FIELD,
-            f"missing field (tried {tried}); the row has {parts}, but mementokit.format.builders.response_from_row, "
-            "which builds a response from them, is not available",
+            BAD_STRUCTURE,
+            f"cannot build a response from {parts}: {error.reason}",
+            path=path,
+            line=line,
+            field=error.field,
+        ) from error
+    except (MementoError, ValueError, TypeError) as error:
+        raise RowError(
+            BAD_STRUCTURE,
+            f"cannot build a response from {parts}: {error}",
+            path=path,
+            line=line,
+            field=parts.split()[0],
+        ) from error
+    if not isinstance(response, str):
+        raise RowError(
+            WRONG_TYPE,
+            f"the response built from {parts} is {type(response).__name__}, not a string",
             path=path,
             line=line,
             field="response",
-        ) from None
-    try:
-        response = response_from_row(data)
-    except InputError as error:
-        raise RowError(BAD_STRUCTURE, f"cannot build a response from {parts}: {error.reason}", path=path, line=line, field=error.field) from error
-    except (MementoError, ValueError, TypeError) as error:
-        raise RowError(BAD_STRUCTURE, f"cannot build a response from {parts}: {error}", path=path, line=line, field=parts.split()[0]) from error
-    if not isinstance(response, str):
-        raise RowError(WRONG_TYPE, f"the response built from {parts} is {type(response).__name__}, not a string", path=path, line=line, field="response")
+        )
     return response
