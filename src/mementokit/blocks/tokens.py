@@ -8,12 +8,12 @@ never a silent mismatch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mementokit.blocks.config import BlockMaskingConfig
 from mementokit.errors import ConfigError
+from mementokit.format.markers import DEFAULT_MARKERS
 
-THINK_END = "</think>"
+THINK_END = DEFAULT_MARKERS.think_end
 _BLOCK_MARKER_FIELDS = ("block_start_token", "block_end_token", "summary_start_token", "summary_end_token")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mementokit.blocks import MarkerIds, additive_mask
+from mementokit.blocks import MarkerIds, dense_allowed, model_attention_mask, model_mask_layout
 from mementokit.errors import ConfigError
 from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.engine import (
@@ -132,8 +132,6 @@ def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=No
     The reference the evicting path must equal (contract invariant 1). Models with sliding-window layers get the
     window on top of the block mask.
     """
-    from mementokit.generate.attention import explicit_masks, plan_masks
-
     config = load_block_masking(block_masking)
     markers = check_markers(model, tokenizer, config, markers)
     token_ids = token_id_list(token_ids, embedding_rows(model), what="sequence")
@@ -141,13 +139,14 @@ def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=No
     length = ids.shape[1]
     dtype = model.get_input_embeddings().weight.dtype
     if config.enable:
-        mask = additive_mask(ids[0].tolist(), config, markers, start_inside_assistant=start_inside_assistant,
-                             dtype=dtype, device=ids.device)  # [1, 1, L, L]
-        allowed = mask[:, 0] == 0  # [1, L, L]
+        dense = dense_allowed(token_ids, config, markers, start_inside_assistant=start_inside_assistant)  # [L, L]
+        allowed = torch.from_numpy(dense).to(ids.device)[None]  # [1, L, L]
     else:
         allowed = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()[None]
     positions = torch.arange(length, device=ids.device)[None]  # [1, L]
-    attention_mask = explicit_masks(plan_masks(model, force_explicit=True), allowed, positions, positions, dtype)
+    layer_types, window = model_mask_layout(model)
+    attention_mask = model_attention_mask(allowed, positions, positions, layer_types=layer_types,
+                                          sliding_window=window, dtype=dtype)
     out = model(input_ids=ids, position_ids=positions, attention_mask=attention_mask, use_cache=False)
     return out.logits[0].float()
 
