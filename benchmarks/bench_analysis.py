@@ -21,9 +21,10 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from mementokit.analysis.stats import TraceInput, measure_chunk, trace_measurements
+from mementokit.analysis.stats import measure_chunk, trace_measurements
 from mementokit.analysis.synth import synthetic_rows, write_synthetic_jsonl
 from mementokit.format import parse_response
+from mementokit.records import TraceRecord
 
 BLOCK = re.compile(r"<\|block_start\|>(.*?)<\|block_end\|>", re.DOTALL)
 SUMMARY = re.compile(r"<\|summary_start\|>(.*?)<\|summary_end\|>", re.DOTALL)
@@ -146,7 +147,7 @@ def bench_tokens(n_traces: int) -> None:
     added = read_offsets + max(0.0, with_tokens - without)
     print(f"[tokens] {len(texts):,} traces: raw encode_batch {encode:.2f} s; token statistics add {added:.3f} s on top")
     print(f"[tokens] overhead over the raw batch encode: {100 * added / encode:.1f}% (goal <= 15%)")
-    chunks = [[TraceInput(t) for t in c] for c in text_chunks]
+    chunks = [[TraceRecord(None, t) for t in c] for c in text_chunks]
     end_to_end = best_of(1, lambda: [measure_chunk(c, tokenizer) for c in chunks])
     print(f"[tokens] end to end (parse, words, chars, tokens): {sum(map(len, texts)) / 1e6 / end_to_end:.1f} MB/s")
 

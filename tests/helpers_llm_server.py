@@ -237,6 +237,8 @@ def make_app(script: Script) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        with script.lock:
+            script.requests += 1  # counted on arrival, before anything can fail
         body = await request.json()
         messages = body.get("messages", [])
         system = next((m["content"] for m in messages if m.get("role") == "system"), "")
@@ -245,7 +247,6 @@ def make_app(script: Script) -> FastAPI:
         prompt_tokens = sum(tokens(m.get("content", "")) for m in messages)
         fault = script.take_fault(role)
         with script.lock:
-            script.requests += 1
             script.users.append(user)
             script.in_flight += 1
             script.max_in_flight = max(script.max_in_flight, script.in_flight)
@@ -265,6 +266,8 @@ def make_app(script: Script) -> FastAPI:
                 if reply is not None:
                     return reply
             content = render(role, user, script, fault)
+            if await request.is_disconnected():  # the client gave up (its timeout): nothing delivered or billed
+                return Response(status_code=499)
             with script.lock:
                 script.roles[role] += 1
                 script.prompt_tokens += prompt_tokens

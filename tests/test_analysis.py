@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.analysis.analyze import analyze_traces, write_trace_table
-from mementokit.analysis.stats import TraceInput, summarize_values
+from mementokit.analysis.stats import summarize_values
 from mementokit.analysis.textstats import WHITESPACE, WordCounter, count_words
 from mementokit.format import DEFAULT_MARKERS, build_response, response_from_segments
+from mementokit.records import TraceRecord
 
 DATA = Path(__file__).parent / "data"
 BS, BE, SS, SE = (re.escape(m) for m in DEFAULT_MARKERS.block_markers)
@@ -30,7 +31,11 @@ def fixture_response() -> str:
     return response_from_segments(json.loads((DATA / "memento_trace_aime2025_p5.json").read_text())["segments"])
 
 
-def random_traces(n: int, seed: int) -> list[TraceInput]:
+def record(response: str, domain: str, origin: str, index: int, source: str | None = None) -> TraceRecord:
+    return TraceRecord(None, response, domain, source, origin=origin, index=index)
+
+
+def random_traces(n: int, seed: int) -> list[TraceRecord]:
     rng = random.Random(seed)
     vocab = ["x", "y²", "alpha", "β", "\\frac{1}{2}", "≠", "code()", "é", "the", "so", "=", "3.14"]
     spaces = [" ", " ", "\n", "\t", "\xa0", "\u3000", "  "]
@@ -44,7 +49,7 @@ def random_traces(n: int, seed: int) -> list[TraceInput]:
         blocks = [text(rng.randint(1, 80)) for _ in range(n_blocks)]
         summaries = [text(rng.randint(1, 15)) for _ in range(n_blocks)]
         response = build_response(blocks, summaries, "\n\n" + text(rng.randint(0, 20)), separator=rng.choice(["\n", "", "\n\n"]))
-        out.append(TraceInput(response, rng.choice(["math", "code", "science"]), f"rand:{i}", i))
+        out.append(record(response, rng.choice(["math", "code", "science"]), f"rand:{i}", i))
     return out
 
 
@@ -82,7 +87,7 @@ def independent(response: str) -> dict:
 def test_fixture_trace_measurements_match_the_segment_file_and_regex_counts():
     data = json.loads((DATA / "memento_trace_aime2025_p5.json").read_text())
     response = fixture_response()
-    report = analyze_traces([TraceInput(response, "math", "fixture", 0)], workers=1)
+    report = analyze_traces([record(response, "math", "fixture", 0)], workers=1)
     row = report.traces.iloc[0]
     ref = independent(response)
     blocks = [s for s in data["segments"] if s["type"] == "block"]
@@ -135,7 +140,7 @@ def test_worker_processes_give_the_same_report_as_one_process():
 def test_token_counts_equal_encoding_each_piece_alone(tmp_path):
     tokenizer = build_tiny_tokenizer(tmp_path)
     path = tmp_path / "tiny-tokenizer"
-    traces = random_traces(40, seed=3) + [TraceInput(fixture_response(), "math", "fixture", 40)]
+    traces = random_traces(40, seed=3) + [record(fixture_response(), "math", "fixture", 40)]
     report = analyze_traces(traces, tokenizer=str(path), workers=1)
     backend = tokenizer.backend_tokenizer
     for item, (_, row) in zip(traces, report.traces.iterrows()):
@@ -156,9 +161,9 @@ def test_token_counts_equal_encoding_each_piece_alone(tmp_path):
 def test_problems_are_counted_per_domain_in_lenient_mode():
     good = build_response(["a b"], ["m"], "ans")
     traces = [
-        TraceInput(good, "math", "g", 0),
-        TraceInput("<think><|block_start|>open", "math", "bad1", 1),
-        TraceInput("<think><|summary_start|>x<|summary_end|></think>", "code", "bad2", 2),
+        record(good, "math", "g", 0),
+        record("<think><|block_start|>open", "math", "bad1", 1),
+        record("<think><|summary_start|>x<|summary_end|></think>", "code", "bad2", 2),
     ]
     summary = analyze_traces(traces, workers=1).summary()
     assert summary["by_domain"]["math"]["invalid_by_problem"] == {"missing_think_end": 1, "unclosed_block": 1}
@@ -170,7 +175,7 @@ def test_strict_mode_stops_at_the_first_bad_trace_naming_it():
     from mementokit.errors import InputError
 
     with pytest.raises(InputError, match="bad.jsonl:4.*unclosed_block"):
-        analyze_traces([TraceInput("<think><|block_start|>x</think>", "math", "bad.jsonl:4", 0)], workers=1, strict=True)
+        analyze_traces([record("<think><|block_start|>x</think>", "math", "bad.jsonl:4", 0)], workers=1, strict=True)
 
 
 def test_summary_statistics_skip_nan_and_handle_empty():

@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mementokit.analysis.partitioned import analyze_source
+from mementokit.analysis.stats import compressed_length
 from mementokit.analysis.synth import synthetic_rows
 from mementokit.errors import InputError
-from mementokit.format import build_response
+from mementokit.format import DEFAULT_MARKERS, build_response, compress_trace, parse_response
 from mementokit.io import FieldMap, ReadStats
 from mementokit.io import readers as readers_module
 from mementokit.io.parts import split_source
@@ -296,3 +297,21 @@ def test_fast_decoding_agrees_with_json_on_edge_cases(raw):
     for line in (1, 2):
         fast, plain = decode_both(raw, line)
         assert fast == plain
+
+
+# -- the compressed length is computed, not built --------------------------------------------------------------
+
+PIECES = [*DEFAULT_MARKERS.all, "a", " ", "\n", "xy z", "é"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab \n", min_size=1, max_size=8).filter(str.strip), max_size=6),
+    st.lists(st.sampled_from(PIECES), max_size=25),
+    st.integers(0, 4),
+)
+def test_compressed_length_is_the_length_of_the_compressed_text(contents, soup, keep_last):
+    valid = build_response(contents, [c[::-1] for c in contents], "answer")
+    for response in (valid, "".join(soup)):
+        trace = parse_response(response)
+        assert compressed_length(trace, keep_last) == len(compress_trace(trace, keep_last))

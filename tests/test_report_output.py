@@ -20,18 +20,22 @@ from mementokit.analysis.plots import (
     plot_ratio_cdf,
 )
 from mementokit.analysis.report import REPORT_FILE, provenance, write_html_report
-from mementokit.analysis.stats import TraceInput
 from mementokit.analysis.synth import SAMPLE_REAL_SOURCE, real_sample_row, synthetic_rows
 from mementokit.errors import InputError
 from mementokit.format import build_response
+from mementokit.records import TraceRecord
 
 DATA = Path(__file__).parent / "data"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 N_SYNTHETIC = 120
 
 
-def as_inputs(rows) -> list[TraceInput]:
-    return [TraceInput(r["response"], r["domain"], f"test:{i}", i, r["source"]) for i, r in enumerate(rows)]
+def record(response: str, domain: str, origin: str, index: int, source: str | None = None) -> TraceRecord:
+    return TraceRecord(None, response, domain, source, origin=origin, index=index)
+
+
+def as_inputs(rows) -> list[TraceRecord]:
+    return [record(r["response"], r["domain"], f"test:{i}", i, r["source"]) for i, r in enumerate(rows)]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,7 @@ def test_scatter_subsample_is_the_same_for_the_same_seed(report):
 
 def test_plots_survive_a_domain_without_any_block_memento_pair(tmp_path):
     rows = list(synthetic_rows(6, seed=1))
-    inputs = as_inputs(rows) + [TraceInput("<think>no blocks here</think>42", "empty", "x", 99, "handmade")]
+    inputs = as_inputs(rows) + [record("<think>no blocks here</think>42", "empty", "x", 99, "handmade")]
     report = analyze_traces(inputs, workers=1)
     figures = plot_all(report, tmp_path)
     for path in figures.values():
@@ -112,7 +116,7 @@ def test_plots_survive_a_domain_without_any_block_memento_pair(tmp_path):
 
 
 def test_plots_survive_a_report_with_no_pairs_at_all(tmp_path):
-    report = analyze_traces([TraceInput("<think>just thinking</think>", "math", "x", 0)], workers=1)
+    report = analyze_traces([record("<think>just thinking</think>", "math", "x", 0)], workers=1)
     for path in plot_all(report, tmp_path).values():
         assert_valid_png(path)
 
@@ -181,7 +185,7 @@ def test_the_report_says_how_many_traces_are_synthetic_and_where_the_real_ones_c
 
 def test_the_report_lists_invalid_traces_by_problem(tmp_path):
     broken = build_response(["a block"], ["its memento"], "")[: -len("</think>")]  # no </think>
-    report = analyze_traces([TraceInput(broken, "math", "x", 0), *as_inputs(list(synthetic_rows(2, seed=0)))], workers=1)
+    report = analyze_traces([record(broken, "math", "x", 0), *as_inputs(list(synthetic_rows(2, seed=0)))], workers=1)
     html = write_html_report(report, tmp_path, {}).read_text(encoding="utf-8")
     assert "missing_think_end: 1" in html
 
@@ -189,7 +193,7 @@ def test_the_report_lists_invalid_traces_by_problem(tmp_path):
 def test_text_from_the_data_is_escaped(tmp_path):
     evil = '<img src="https://example.com/x.png">'
     rows = list(synthetic_rows(2, seed=0))
-    report = analyze_traces([TraceInput(r["response"], evil, "x", i, evil) for i, r in enumerate(rows)], workers=1)
+    report = analyze_traces([record(r["response"], evil, "x", i, evil) for i, r in enumerate(rows)], workers=1)
     html = write_html_report(report, tmp_path, {}).read_text(encoding="utf-8")
     assert evil not in html
     assert "&lt;img src=&quot;https://example.com/x.png&quot;&gt;" in html

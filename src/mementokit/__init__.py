@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "analyze_traces": "mementokit.analysis.analyze",
     "AnalysisReport": "mementokit.analysis.analyze",
-    "TraceInput": "mementokit.analysis.stats",
+    "TraceRecord": "mementokit.records",
     "synthetic_rows": "mementokit.analysis.synth",
     "BlockMaskingConfig": "mementokit.blocks",
     "BlockStateMachine": "mementokit.blocks",

@@ -24,11 +24,11 @@ from mementokit.analysis.stats import (
     TRACE_COLUMNS,
     TRACE_TOKEN_COLUMNS,
     ChunkResult,
-    TraceInput,
     measure_chunk,
     summarize_values,
 )
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
+from mementokit.records import TraceRecord
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,12 +144,13 @@ def _init_worker(tokenizer_name: str | None, markers: Markers, keep_last: int, s
     _worker_options = {"markers": markers, "keep_last": keep_last, "strict": strict}
 
 
-def _work(chunk: list[TraceInput]) -> ChunkResult:
+def _work(chunk: list[TraceRecord]) -> ChunkResult:
     return measure_chunk(chunk, _worker_tokenizer, **_worker_options)
 
 
-def _chunks(items: Iterable[TraceInput], size: int) -> Iterator[list[TraceInput]]:
-    iterator = iter(items)
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[TraceRecord]]:
+    # Workers get records without their rows (the text they measure, nothing more to pickle).
+    iterator = (TraceRecord.of(item).without_raw() for item in items)
     while chunk := list(islice(iterator, size)):
         yield chunk
 
@@ -180,7 +181,7 @@ class _Columns:
 
 
 def analyze_traces(
-    traces: Iterable[TraceInput],
+    traces: Iterable[TraceRecord],
     *,
     tokenizer: str | None = None,
     markers: Markers = DEFAULT_MARKERS,

@@ -23,7 +23,7 @@ from typing import Any
 
 from mementokit.analysis import analyze as _analyze
 from mementokit.analysis.analyze import AnalysisReport, _Columns, _init_worker, _report, analyze_traces
-from mementokit.analysis.stats import ChunkResult, TraceInput, measure_chunk
+from mementokit.analysis.stats import ChunkResult, measure_chunk
 from mementokit.errors import ConfigError, InputError
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
 from mementokit.format.trace import parse_response
@@ -32,6 +32,7 @@ from mementokit.io.parts import Part, PartStats, full_parquet_row, part_items, s
 from mementokit.io.readers import JSON_DECODER
 from mementokit.io.stats import FILE_LEVEL_KINDS, ReadStats, RowError
 from mementokit.io.traces import RESPONSE_PARTS, iter_traces, record_from_row
+from mementokit.records import TraceRecord
 
 # What a worker sends back for a bad row: (traces before it in the part, kind, reason, path, line, field).
 ErrorEvent = tuple[int, str, str, "str | None", "int | None", "str | None"]
@@ -107,8 +108,7 @@ def analyze_source(
             stats=stats,
             reader=reader,
         )
-        inputs = (TraceInput(r.response, r.domain, r.origin, r.index, r.source) for r in records)
-        report = analyze_traces(inputs, **options)
+        report = analyze_traces(records, **options)
         report.reader = "streamed: the main process reads and decodes (json), workers parse and measure"
     else:
         report = _analyze_parts(parts, field_map=field_map, limit=limit, skip_bad=skip_bad, stats=stats, **options)
@@ -157,7 +157,7 @@ def _measure_part(
         stop = not skip_bad  # the main process raises at the first error it reaches: nothing after it counts
 
     part_stats = PartStats()
-    pending: list[TraceInput] = []
+    pending: list[TraceRecord] = []
     items = part_items(part, on_bad, part_stats)
     try:
         for data, path, line, _sep in items:
@@ -167,7 +167,7 @@ def _measure_part(
                 on_bad(error)
             else:
                 result.lines.append(line)
-                pending.append(TraceInput(record.response, record.domain, "", 0, record.source))
+                pending.append(record.without_raw())
                 if len(pending) >= chunk_size:
                     _measure(pending, result, options)
             if stop or (max_traces is not None and len(result.lines) >= max_traces):
@@ -189,7 +189,7 @@ def _record(part: Part, data: dict[str, Any], field_map: FieldMap, path: str, li
     return record_from_row(full_parquet_row(part, line), field_map, path=path, line=line)
 
 
-def _measure(pending: list[TraceInput], result: PartResult, options: dict[str, Any]) -> None:
+def _measure(pending: list[TraceRecord], result: PartResult, options: dict[str, Any]) -> None:
     if not pending:
         return
     first = sum(len(c.meta["valid"]) for c in result.chunks)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mementokit.analysis.textstats import WordCounter
+from mementokit.format.compress import compress_trace
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
 from mementokit.format.trace import Kind, Trace, parse_response
+from mementokit.records import TraceRecord
 
 # Per-block (block-memento pair) measurements.
 PAIR_COLUMNS = ("block_chars", "summary_chars", "block_words", "summary_words", "char_ratio", "word_ratio")
@@ -62,13 +64,16 @@ def _median(values: list[float]) -> float:
 
 
 def compressed_length(trace: Trace, keep_last: int, spans: Sequence[tuple[int, int, int, int]] | None = None) -> int:
-    """len(compress_trace(trace, keep_last)), without building the string.
+    """len(compress_trace(trace, keep_last)), without building the string for a valid trace.
 
-    compress_trace drops every summarised block but the last `keep_last`, markers included; a summarised
-    block is closed, so its span is its content plus the two block markers around it.
+    On a valid trace every block is closed and has its memento, and compress_trace drops all but the last
+    `keep_last` whole (content and both block markers); a malformed trace goes through compress_trace itself
+    (the block state machine decides what its text view keeps).
     """
     if keep_last < 0:
         raise ValueError("keep_last must be >= 0")
+    if trace.issues:
+        return len(compress_trace(trace, keep_last))
     spans = trace.pair_spans() if spans is None else spans
     dropped = spans[: max(0, len(spans) - keep_last)]
     markers = len(trace.markers.block_start) + len(trace.markers.block_end)
@@ -160,15 +165,11 @@ def trace_measurements(
     return row, pairs
 
 
-@dataclass
-class TraceInput:
-    """What the analysis needs of one trace (picklable, for worker processes)."""
-
-    response: str
-    domain: str = "unknown"
-    origin: str = ""
-    index: int = 0
-    source: str | None = None
+def TraceInput(  # noqa: N802 - the name of the class it replaces
+    response: str, domain: str = "unknown", origin: str = "", index: int = 0, source: str | None = None
+) -> TraceRecord:
+    """Deprecated: the analysis-only record of old, now a `TraceRecord` (mementokit.records) with these fields."""
+    return TraceRecord(None, response, domain, source, origin=origin, index=index)
 
 
 @dataclass
@@ -184,7 +185,7 @@ class ChunkResult:
 
 
 def measure_chunk(
-    traces: Sequence[TraceInput],
+    traces: Sequence[TraceRecord],
     tokenizer=None,
     *,
     markers: Markers = DEFAULT_MARKERS,

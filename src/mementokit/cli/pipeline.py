@@ -476,7 +476,12 @@ def export_command(out_dir: Path, **kw: Any) -> None:
     from mementokit.pipeline.export import export_dataset
 
     s = export_dataset(out_dir, kw["to"], rows_per_file=kw["rows_per_file"])
-    _done(kw["json_out"], s, f"{s['rows']} traces -> {s['out']} (configs default and full, {s['card']})")
+    note = (
+        f"; {s['difficulty_not_an_integer']} difficulties not integers, written as null"
+        if s["difficulty_not_an_integer"]
+        else ""
+    )
+    _done(kw["json_out"], s, f"{s['rows']} traces -> {s['out']} (configs default and full, {s['card']}){note}")
 
 
 def register(app: typer.Typer) -> None:

@@ -47,7 +47,8 @@ LengthOpt = Annotated[int | None, _opt("--max-model-len", min=2, show_default=Fa
 WaitingOpt = Annotated[int, _opt("--max-waiting", help="Requests that may wait for a row; beyond it, 429.", min=1)]
 KeyOpt = Annotated[str | None, _opt("--api-key", help="Require 'Authorization: Bearer KEY' on /v1 routes.",
                                        show_default=False)]
-EngineOpt = Annotated[str, _opt("--engine", help="Serving engine: embedded (PyTorch, CPU or one GPU).")]
+EngineOpt = Annotated[str, _opt("--engine", help="Serving engine: embedded (PyTorch, CPU or one GPU) or vllm "
+                                 "(vLLM 0.32's OpenAI server with mementokit's plugin; needs the vllm extra).")]
 LogOpt = Annotated[str, _opt("--log-level", help="uvicorn log level.")]
 
 
@@ -81,6 +82,12 @@ def register(app: typer.Typer) -> None:
 
         Usage adds evicted_tokens, completed_blocks and peak_cache_tokens.
         """
+        if engine == "vllm":
+            _serve_vllm(model=model, block_masking=load_block_masking_config(block_masking), tokenizer=tokenizer,
+                        host=host, port=port, served_model_name=served_model_name, chat_template=chat_template,
+                        dtype=dtype, max_batch_size=max_batch_size, max_cache_tokens=max_cache_tokens,
+                        max_model_len=max_model_len, api_key=api_key, log_level=log_level)
+            return
         from mementokit.serve.loader import ServeOptions, serve
 
         options = ServeOptions(model=model, tokenizer=tokenizer, served_model_name=served_model_name,
@@ -96,3 +103,15 @@ def register(app: typer.Typer) -> None:
                          f"{'on' if server.engine.config.enable else 'off'})", highlight=False)
 
         serve(options, host=host, port=port, log_level=log_level, on_ready=ready)
+
+
+def _serve_vllm(**options) -> None:
+    """--engine vllm: run vLLM's server with the plugin in the foreground (flags mapped in vllm_plugin.launch)."""
+    from mementokit.vllm_plugin import check_vllm_version
+    from mementokit.vllm_plugin.launch import serve_with_vllm
+
+    stderr.print(f"serving with vLLM {check_vllm_version()} (its skip_special_tokens defaults to TRUE: send false "
+                 "to see the block markers)")
+    status = serve_with_vllm(**options)
+    if status:
+        raise typer.Exit(status)

@@ -7,36 +7,20 @@ string but its parts (microsoft/memento's `segments`, or the OpenMementos `full`
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mementokit.errors import ConfigError, InputError, MementoError
+from mementokit.format.builders import response_from_row
 from mementokit.io.fields import MISSING, FieldMap, lookup_field
 from mementokit.io.readers import open_items
 from mementokit.io.stats import BAD_STRUCTURE, MISSING_FIELD, WRONG_TYPE, ReadStats, RowError
-
-UNKNOWN_DOMAIN = "unknown"
+from mementokit.records import UNKNOWN_DOMAIN, TraceRecord
 
 # Columns from which a response can be built when there is no response column.
 RESPONSE_PARTS = ("segments", "sentences", "blocks", "block_summaries")
-
-
-@dataclass(frozen=True, slots=True)
-class TraceRecord:
-    """One trace. `raw` is the row as read (all columns, e.g. `sentences` of the full config)."""
-
-    problem: str | None
-    response: str
-    domain: str = UNKNOWN_DOMAIN
-    source: str | None = None
-    difficulty: Any = None
-    origin: str = ""
-    index: int = 0  # 0-based position in what iter_traces yielded
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def iter_traces(
@@ -156,7 +140,7 @@ def _response(data: dict[str, Any], field_map: FieldMap, path: str | None, line:
         return value
     tried = ", ".join(field_map.response)
     if "segments" in data or ("sentences" in data and "blocks" in data):
-        return _built_response(data, tried, path, line)
+        return _built_response(data, path, line)
     present = ", ".join(list(data)[:12]) + (", ..." if len(data) > 12 else "")
     raise RowError(
         MISSING_FIELD,
@@ -167,21 +151,9 @@ def _response(data: dict[str, Any], field_map: FieldMap, path: str | None, line:
     )
 
 
-def _built_response(data: dict[str, Any], tried: str, path: str | None, line: int | None) -> str:
+def _built_response(data: dict[str, Any], path: str | None, line: int | None) -> str:
     """The response built from segments / full-config columns by mementokit.format.builders."""
     parts = "segments" if "segments" in data else "sentences + blocks"
-    try:
-        builders = importlib.import_module("mementokit.format.builders")
-        response_from_row = builders.response_from_row
-    except (ImportError, AttributeError):
-        raise RowError(
-            MISSING_FIELD,
-            f"missing field (tried {tried}); the row has {parts}, but mementokit.format.builders.response_from_row, "
-            "which builds a response from them, is not available",
-            path=path,
-            line=line,
-            field="response",
-        ) from None
     try:
         response = response_from_row(data)
     except InputError as error:

@@ -22,6 +22,7 @@ from mementokit.blocks.state import BlockStateMachine, Eviction
 from mementokit.blocks.tokens import MarkerIds, add_block_markers, resolve_marker_ids
 from mementokit.format.chat import render_chat
 from mementokit.kv.model_memory import GIB, KVMemoryModel
+from mementokit.records import TraceRecord
 
 
 # ---- curves ---------------------------------------------------------------------------------------------------
@@ -208,19 +209,11 @@ def simulate_token_ids(token_ids, config: BlockMaskingConfig, markers: MarkerIds
     )
 
 
-def _field(trace: Any, name: str, default=None):
-    if isinstance(trace, dict):
-        return trace.get(name, default)
-    return getattr(trace, name, default)
-
-
-def _trace_id(trace: Any) -> str | None:
-    raw = _field(trace, "raw")
-    for holder in (trace, raw if isinstance(raw, dict) else {}):
-        for name in ("id", "task_id"):
-            value = _field(holder, name)
-            if value is not None:
-                return str(value)
+def _trace_id(trace: TraceRecord) -> str | None:
+    for name in ("id", "task_id"):
+        value = trace.get(name)
+        if value is not None:
+            return str(value)
     return None
 
 
@@ -269,9 +262,10 @@ class KVSimulator:
         return next(iter(self._simulate_batch([trace], index, {index} if keep_curves else set())))
 
     def _simulate_batch(self, batch: list[Any], first_index: int, keep_curves_for: set[int]) -> Iterator[TraceKV]:
-        responses = [_field(t, "response") or "" for t in batch]
+        batch = [TraceRecord.of(t) for t in batch]
+        responses = [t.response or "" for t in batch]
         response_ids = self._encode_many(responses)  # tokenised in one call: the Rust side batches
-        prompt_ids = (self._encode_many([self.prompt_text(_field(t, "problem") or "") for t in batch])
+        prompt_ids = (self._encode_many([self.prompt_text(t.problem or "") for t in batch])
                       if self.with_prompt else [[] for _ in batch])
         for offset, trace in enumerate(batch):
             index = first_index + offset
@@ -284,9 +278,8 @@ class KVSimulator:
             )
             result.index = index
             result.trace_id = _trace_id(trace)
-            result.domain = _field(trace, "domain")
-            origin = _field(trace, "origin")
-            result.origin = None if origin is None else str(origin)
+            result.domain = trace.domain
+            result.origin = trace.origin or None
             yield result
 
 

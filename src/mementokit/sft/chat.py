@@ -24,10 +24,10 @@ from typing import Any
 
 from mementokit.errors import ConfigError, InputError
 from mementokit.format.chat import CHATML_TURN_END, chatml
+from mementokit.records import TraceRecord
 
 _SENTINEL = "\x00MEMENTO-ASSISTANT-CONTENT\x00"
 RENDER_MODES = ("verbatim", "template")
-_TRACE_FIELDS = ("problem", "response", "domain", "source", "origin", "index")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +69,8 @@ def iter_chat_examples(source: str | Path | Iterable[Any], *, system_prompt: str
             raise ConfigError(f"read options {sorted(read_options)} apply only to a path or hub name")
         traces = source
     for position, trace in enumerate(traces):
-        fields = trace if isinstance(trace, dict) else {name: getattr(trace, name, None) for name in _TRACE_FIELDS}
-        problem, response = fields.get("problem"), fields.get("response")
-        origin = fields.get("origin") or ""
-        index = fields.get("index") if isinstance(fields.get("index"), int) else position
+        record = TraceRecord.of(trace, index=position)
+        problem, response, origin, index = record.problem, record.response, record.origin, record.index
         where: dict[str, Any] = {"path": origin} if origin else {"line": position + 1}  # origin is "file:line"
         if not isinstance(response, str):
             raise InputError("trace has no response string", **where, field="response")
@@ -80,8 +78,8 @@ def iter_chat_examples(source: str | Path | Iterable[Any], *, system_prompt: str
             raise InputError("trace has no problem: a chat example needs the user turn", **where, field="problem")
         yield ChatExample(
             messages=chat_messages(problem, response, system_prompt=system_prompt),
-            domain=fields.get("domain") or "unknown",
-            source=fields.get("source"),
+            domain=record.domain or "unknown",
+            source=record.source,
             index=index,
             origin=origin,
         )
