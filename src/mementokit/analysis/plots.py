@@ -71,18 +71,10 @@ def _no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
-def _fmt(value: float) -> str:
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
 def _histogram_panel(ax, series: dict[str, np.ndarray], colors: dict[str, str], *, edges: np.ndarray, log_x: bool,
-                     title: str, xlabel: str, ylabel: str, what: str) -> None:
-    """Step histograms (share of items per bin) per domain, with a dashed line at each median. Values outside
-    the edges are not drawn; how many is written on the panel."""
+                     title: str, xlabel: str, ylabel: str, what: str, spec: str) -> None:
+    """Step histograms (share of items per bin) per domain, with a dashed line at each median (`spec`: its format,
+    one per panel). Values outside the edges are not drawn; how many is said under the axis."""
     drawn, outside = 0, 0
     for domain, values in series.items():
         if values.size == 0:
@@ -91,17 +83,14 @@ def _histogram_panel(ax, series: dict[str, np.ndarray], colors: dict[str, str], 
         outside += int(values.size - counts.sum())
         median = float(np.median(values))
         ax.stairs(counts / values.size, edges, color=colors[domain], linewidth=1.6,
-                  label=f"{domain}: median {_fmt(median)} (n={values.size:,})")
+                  label=f"{domain}: median {median:{spec}} (n={values.size:,})")
         ax.axvline(median, color=colors[domain], linestyle="--", linewidth=1.0)
         drawn += 1
     if log_x:
         ax.set_xscale("log")
     ax.set_title(title)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(xlabel + (f"  ({outside:,} {what} beyond the axis, not drawn)" if outside else ""))
     ax.set_ylabel(ylabel)
-    if outside:
-        ax.text(0.99, 0.97, f"{outside:,} {what} outside the axis, not drawn", transform=ax.transAxes, ha="right",
-                va="top", fontsize=8, color="grey")
     if drawn:
         _legend_below(ax, drawn)
     else:
@@ -146,17 +135,20 @@ def plot_figure3(report: AnalysisReport, path: str | os.PathLike) -> Path:
     all_blocks = np.concatenate(list(by_trace.values())) if by_trace else np.zeros(0)
     _histogram_panel(axes[0, 0], by_trace, colors,
                      edges=_integer_edges(all_blocks, bin_count(_typical_count(list(by_trace.values())))),
-                     log_x=False, title="Blocks per trace", xlabel="blocks", ylabel="share of traces", what="traces")
+                     log_x=False, title="Blocks per trace", xlabel="blocks", ylabel="share of traces", what="traces",
+                     spec=".1f")
     _histogram_panel(axes[0, 1], block_chars, colors, edges=_log_edges(list(block_chars.values())), log_x=True,
-                     title="Block size", xlabel="characters per block", ylabel="share of blocks", what="blocks")
+                     title="Block size", xlabel="characters per block", ylabel="share of blocks", what="blocks",
+                     spec=",.0f")
     _histogram_panel(axes[1, 0], summary_chars, colors, edges=_log_edges(list(summary_chars.values())), log_x=True,
-                     title="Memento size", xlabel="characters per memento", ylabel="share of mementos", what="mementos")
+                     title="Memento size", xlabel="characters per memento", ylabel="share of mementos", what="mementos",
+                     spec=",.0f")
     all_ratios = np.concatenate(list(ratios.values())) if ratios else np.zeros(0)
     high = min(1.0, float(np.percentile(all_ratios, 99.5)) * 1.1) if all_ratios.size else 1.0
     edges = np.linspace(0, max(high, 0.05), bin_count(_typical_count(list(ratios.values()))) + 1)
     _histogram_panel(axes[1, 1], ratios, colors, edges=edges, log_x=False,
                      title="Compression ratio per block (memento / block chars)", xlabel="ratio (smaller = more compression)",
-                     ylabel="share of blocks", what="block-memento pairs")
+                     ylabel="share of blocks", what="blocks", spec=".3f")
     fig.suptitle(f"Memento traces by domain: {len(traces):,} traces, {len(pairs):,} block-memento pairs")
     return _save(fig, path)
 

@@ -28,9 +28,9 @@ def render_trace(console: Console, record, *, max_chars: int = 600, tokenizer: s
     words = WordCounter(response)
     offsets = None
     if tokenizer:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        offsets = load_tokenizer(tokenizer, trace.markers).encode(response, add_special_tokens=False).offsets
+        offsets = load_counting_tokenizer(tokenizer, trace.markers).encode(response, add_special_tokens=False).offsets
 
     def tokens(a: int, b: int) -> str:
         if offsets is None:

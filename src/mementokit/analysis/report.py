@@ -35,6 +35,10 @@ FIGURE_CAPTIONS = {
     "blocks in a domain are left out.",
     "ratio_cdf": "Cumulative distribution of the per-block compression ratio (memento / block), by domain; "
     "characters solid, tokens dashed when a tokenizer was given.",
+    "kv_by_domain": "The simulator's memento / vanilla KV cache per domain: median peak and area under the curve, "
+    "with the 10th to 90th percentile of the traces as error bars.",
+    "kv_typical_trace": "KV cache after every token of the typical trace: vanilla grows with every token; with block "
+    "masking each finished block leaves the cache when its memento ends (the sawtooth).",
     "block_vs_summary_words": "Words in each memento against words in its block (log-log, at most 20,000 pairs "
     "shown; X marks each domain's median).",
 }
@@ -52,7 +56,7 @@ th, td { padding: 0.35rem 0.55rem; border-bottom: 1px solid #e4e4e4; text-align:
 th { background: #f5f5f5; font-weight: 600; }
 th:first-child, td:first-child { text-align: left; }
 tr.overall td { font-weight: 600; border-top: 2px solid #bbb; }
-td small { color: #777; display: block; font-size: 0.78rem; }
+td small { color: #777; display: block; font-size: 0.78rem; white-space: nowrap; }
 figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; }

@@ -101,11 +101,7 @@ def analyze(
     from mementokit.analysis.report import write_report
     from mementokit.io import ReadStats
 
-    if input and dataset:
-        raise InputError("give INPUT or --dataset, not both")
-    if table_format not in ("parquet", "csv"):
-        raise InputError(f"--table-format must be parquet or csv, got '{table_format}'")
-    source = dataset or input or str(sample_path())
+    source = _source(input, dataset, table_format)
     read = dict(config=config, split=split, limit=limit, shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer,
                 skip_bad=skip_bad)
     read_stats = ReadStats()
@@ -121,14 +117,21 @@ def analyze(
     written = []
     if out_dir is not None:
         traces = lambda: open_traces(source, fields=fields, stratify_by="domain" if stratify else None, **read)
-        kv_section = _kv_section(traces, tokenizer, out_dir) if tokenizer and plots else None
         written = write_report(report, out_dir, source=source, table_format=table_format, plots=plots,
-                               kv_section=kv_section)
+                               kv_section=_kv_section(traces, tokenizer, out_dir) if tokenizer and plots else None)
     summary = report.summary() | {"source": source}
     if as_json:
         write_json(summary)
         return
     _print_analysis(summary, read_stats, out_dir, written)
+
+
+def _source(input: str | None, dataset: str | None, table_format: str) -> str:
+    if input and dataset:
+        raise InputError("give INPUT or --dataset, not both")
+    if table_format not in ("parquet", "csv"):
+        raise InputError(f"--table-format must be parquet or csv, got '{table_format}'")
+    return dataset or input or str(sample_path())
 
 
 def _kv_section(traces, tokenizer: str, out_dir: Path) -> dict:
@@ -205,9 +208,9 @@ def compress(
     line = (f"{record.origin}: {len(trace.blocks)} blocks, keep last {keep_last}: {before:,} -> {after:,} chars "
             f"({after / before:.1%})")
     if tokenizer:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        tok = load_tokenizer(tokenizer, trace.markers)
+        tok = load_counting_tokenizer(tokenizer, trace.markers)
         tb, ta = (len(e.ids) for e in tok.encode_batch([record.response, compressed], add_special_tokens=False))
         line += f"; {tb:,} -> {ta:,} tokens ({ta / tb:.1%})"
     stderr.print(line, highlight=False)

@@ -141,9 +141,7 @@ def generate(
 
         memento generate --model ./memento-qwen3-8b --prompt "Prove that sqrt(2) is irrational." --temperature 0.6 --top-p 0.95 --top-k 20 --max-new-tokens 8192
     """
-    from mementokit.blocks import resolve_marker_ids
-    from mementokit.generate import BlockMaskedGenerator, SamplingParams, chat_prompt
-    from mementokit.hf import check_model_folder, load_hf_model, load_hf_tokenizer
+    from mementokit.generate import SamplingParams, chat_prompt
 
     # Everything that can be wrong fails before the model is loaded.
     config = load_block_masking_config(block_masking)
@@ -153,13 +151,8 @@ def generate(
                             ignore_eos=ignore_eos, max_cache_tokens=max_cache_tokens)
     if stream and len(texts) > 1:
         raise ConfigError("--stream prints one prompt as it is generated; give --prompt, or drop --stream")
-    check_model_folder(model_path)  # a missing model is named as the model, not as its tokenizer
-    quiet_libraries()
-    tokenizer = load_hf_tokenizer(tokenizer_path or model_path)
-    if config.enable:
-        resolve_marker_ids(tokenizer, config)  # a marker missing from the vocabulary fails before loading
-    generator = BlockMaskedGenerator(load_hf_model(model_path, dtype=dtype, device=device, attn=attn),
-                                     tokenizer, config)
+    generator = _load_generator(model_path, tokenizer_path, config, dtype=dtype, device=device, attn=attn)
+    tokenizer = generator.tokenizer
     encoded = [tokenizer.encode(t, add_special_tokens=False) if raw else chat_prompt(tokenizer, t) for t in texts]
     results = _run_generation(generator, encoded, params, stream=stream, raw=raw, batch_size=batch_size)
     rows = _generation_rows(texts, results)
@@ -168,13 +161,32 @@ def generate(
         write_json({"model": model_path, "block_masking": config.to_dict(), "rows": rows,
                     "curve": None if curve is None else str(curve), "plot": None if plot is None else str(plot)})
         return
+    _print_generation(rows, stream=stream, written={"curve": curve, "plot": plot})
+
+
+def _load_generator(model_path: str, tokenizer_path: str | None, config, **model_options):
+    """Model folder checked first (a missing model is named as the model, not as its tokenizer), then the
+    tokenizer and its markers, then the weights."""
+    from mementokit.blocks import resolve_marker_ids
+    from mementokit.generate import BlockMaskedGenerator
+    from mementokit.hf import check_model_folder, load_hf_model, load_hf_tokenizer
+
+    check_model_folder(model_path)
+    quiet_libraries()
+    tokenizer = load_hf_tokenizer(tokenizer_path or model_path)
+    if config.enable:
+        resolve_marker_ids(tokenizer, config)  # a marker missing from the vocabulary fails before loading
+    return BlockMaskedGenerator(load_hf_model(model_path, **model_options), tokenizer, config)
+
+
+def _print_generation(rows: list[dict], *, stream: bool, written: dict[str, Path | None]) -> None:
     if not stream:
         for row in rows:
             if len(rows) > 1:
                 stdout.rule(f"prompt {row['index']}")
             stdout.out(row["text"], highlight=False)
     stdout.print(_generation_table(rows))
-    for path, what in ((curve, "curve"), (plot, "plot")):
+    for what, path in written.items():
         if path is not None:
             stdout.print(f"{what} written to {path}", highlight=False)
 
@@ -208,22 +220,16 @@ def replay_command(
 
         memento replay traces.jsonl --model ./memento-qwen3-8b --tokenizer ./memento-qwen3-8b --limit 1 --json --save-logits logits.npy
     """
-    from mementokit.blocks import add_block_markers
-    from mementokit.generate import replay_traces, tokenize_traces
-    from mementokit.hf import check_model_folder, load_hf_model, load_hf_tokenizer
+    from mementokit.generate import replay_traces
 
     config = load_block_masking_config(block_masking)
-    check_model_folder(model_path)
-    quiet_libraries()
-    tokenizer = load_hf_tokenizer(tokenizer_path)
-    markers_added = add_block_markers(tokenizer, config)  # as memento kv does, so token counts agree
     traces = list(open_traces(source, limit=limit, config=dataset_config, split=split, fields=fields,
                               skip_bad=skip_bad))
     if save_logits is not None and len(traces) != 1:
         raise ConfigError(f"--save-logits saves one trace's logits, but {len(traces)} traces were read "
                           "(use --limit 1)")
-    encoded = tokenize_traces(traces, tokenizer, config, with_prompt=with_prompt)
-    model = load_hf_model(model_path, dtype=dtype, device=device, attn=attn)
+    model, tokenizer, encoded, markers_added = _prepare_replay(model_path, tokenizer_path, traces, config,
+                                                               with_prompt, dtype=dtype, device=device, attn=attn)
     reports = []
     with progress_bar(None, "replaying") as advance:
         for row, result in replay_traces(model, tokenizer, encoded, config, with_prompt=with_prompt,
@@ -241,6 +247,19 @@ def replay_command(
     if save_logits is not None:
         stdout.print(f"logits written to {save_logits}", highlight=False)
 
+
+def _prepare_replay(model_path: str, tokenizer_path: str, traces: list, config, with_prompt: bool, **model_options):
+    """Tokenize first (a bad trace fails before the model loads), markers added as memento kv adds them."""
+    from mementokit.blocks import add_block_markers
+    from mementokit.generate import tokenize_traces
+    from mementokit.hf import check_model_folder, load_hf_model, load_hf_tokenizer
+
+    check_model_folder(model_path)
+    quiet_libraries()
+    tokenizer = load_hf_tokenizer(tokenizer_path)
+    markers_added = add_block_markers(tokenizer, config)  # so token counts agree with memento kv
+    encoded = tokenize_traces(traces, tokenizer, config, with_prompt=with_prompt)
+    return load_hf_model(model_path, **model_options), tokenizer, encoded, markers_added
 
 
 def _save_logits(path: Path, logits) -> None:

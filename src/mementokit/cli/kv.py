@@ -124,9 +124,13 @@ def kv(
             "plot": None if plot_path is None else str(plot_path),
         })
         return
+    _print_kv(results, summary, memory, simulator.markers_added, plot_path)
+
+
+def _print_kv(results, summary: dict, memory, markers_added: int, plot_path: Path | None) -> None:
     stdout.print(f"{len(results)} traces, {memory.name}: {memory.bytes_per_token:,} bytes per token"
-                 + (f" (+{simulator.markers_added} marker tokens added to the tokenizer)"
-                    if simulator.markers_added else ""), highlight=False)
+                 + (f" (+{markers_added} marker tokens added to the tokenizer)" if markers_added else ""),
+                 highlight=False)
     if len(results) <= 20:
         stdout.print(traces_table(results))
     stdout.print(aggregates_table(summary))
