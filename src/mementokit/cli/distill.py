@@ -154,6 +154,8 @@ def _generate_settings(config: Path | None, given: dict):
 def _print_generate(report: dict, json_out: bool) -> None:
     if json_out:
         stdout.print_json(json.dumps(report))
+    for name in report["config"]["ignored_settings"]:
+        stderr.print(f"[yellow]note:[/] setting '{name}' is not supported here and was ignored", highlight=False)
     run = report["this_run"]
     llm = run["llm"]
     stderr.print(f"{report['finished']}/{report['samples']} samples in {report['out']} (this run: {run['done']} "

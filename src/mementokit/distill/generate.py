@@ -17,6 +17,7 @@ the arguments.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -32,7 +33,12 @@ from mementokit.jsonl import write_json_atomic
 INTERMEDIATE = "results.jsonl"
 ROW_TYPE = "memory_distillation"
 # The seed's example_gen.yaml names some settings differently.
-CONFIG_ALIASES = {"lm_model": "model", "output_dir": "out", "concurrency": "max_concurrency"}
+CONFIG_ALIASES = {"lm_model": "model", "output_dir": "out", "concurrency": "max_concurrency", "num_threads":
+                  "max_concurrency", "lm_base_url": "base_url", "lm_temperature": "temperature",
+                  "lm_max_output_tokens": "max_tokens", "system_prompt_override": "system_prompt"}
+# Settings of the seed's file that have no meaning here: accepted, listed in the report, not acted on.
+CONFIG_IGNORED = ("hf_repo_id", "hf_private")
+_FILE_REFERENCE = re.compile(r"^\{file:(.+)\}$")  # the seed's "{file:path}" form of system_prompt_override
 
 
 @dataclass
@@ -59,6 +65,7 @@ class GenerateConfig:
     skip_bad: bool = False
     output_format: str = "jsonl"
     metadata: dict[str, Any] = field(default_factory=dict)
+    ignored_settings: list[str] = field(default_factory=list)  # the seed's settings with no meaning here
 
     def check(self) -> None:
         if self.top_logprobs < 1:
@@ -95,14 +102,7 @@ def load_config(path: str | Path, **overrides: Any) -> GenerateConfig:
                          line=mark.line + 1 if mark else None) from None
     if not isinstance(data, dict):
         raise InputError("expected a mapping of settings", path=str(path))
-    known = {f.name for f in fields(GenerateConfig)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        name = CONFIG_ALIASES.get(key, key)
-        if name not in known:
-            raise InputError(f"unknown setting (known: {', '.join(sorted(known | set(CONFIG_ALIASES)))})",
-                             path=str(path), field=key)
-        values[name] = value
+    values = _config_values(data, path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     missing = [name for name in ("checkpoint_dir", "model", "out") if values.get(name) is None]
     if missing:
@@ -110,6 +110,35 @@ def load_config(path: str | Path, **overrides: Any) -> GenerateConfig:
     if isinstance(values.get("types"), str):
         values["types"] = [t.strip() for t in values["types"].split(",") if t.strip()]
     return GenerateConfig(**values)
+
+
+def _config_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file's settings under GenerateConfig's names (the seed's names and shapes accepted)."""
+    known = {f.name for f in fields(GenerateConfig)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in CONFIG_IGNORED:
+            values.setdefault("ignored_settings", []).append(key)
+            continue
+        if key == "agent_type":
+            if value not in ("history_agent", "HistoryAgent"):
+                raise InputError(f"only history_agent checkpoints are supported, got {value!r}", path=str(path),
+                                 field=key)
+            continue
+        name = CONFIG_ALIASES.get(key, key)
+        if name not in known:
+            raise InputError(f"unknown setting (known: {', '.join(sorted(known | set(CONFIG_ALIASES)))})",
+                             path=str(path), field=key)
+        if name == "strategy" and isinstance(value, dict):  # the seed's {name: ..., window_k: ...}
+            if "window_k" in value:
+                values["window"] = value["window_k"]
+            value = value.get("name")
+        if name == "system_prompt" and isinstance(value, str) and (match := _FILE_REFERENCE.match(value)):
+            value = str(Path(match.group(1)).expanduser())  # a file: resolve_system_prompt reads it
+            if not Path(value).is_file():
+                raise InputError(f"no such system prompt file {value!r}", path=str(path), field=key)
+        values[name] = value
+    return values
 
 
 def _llm_config(config: GenerateConfig):
