@@ -169,6 +169,20 @@ def test_killed_generation_resumes_without_losing_or_repeating(teacher, tmp_path
     assert all(r["messages"][-1]["token_ids"] in stats.generated for r in rows)
 
 
+def test_an_output_folder_is_resumed_only_with_the_same_settings(generated):
+    from mementokit.errors import ConfigError
+
+    folder, _, _, _ = generated
+    config = GenerateConfig(checkpoint_dir=str(folder / "ep_000200"), model="teacher", base_url="http://127.0.0.1:9/v1",
+                            out=str(folder / "out"), top_logprobs=K, max_tokens=24, temperature=1.5,
+                            strategy="full_memory", metadata={"dataset_version": "v1"})
+    with pytest.raises(ConfigError, match=r"other settings \(strategy differ\)"):
+        generate(config)
+    config.strategy = "exclude_current"  # the settings it was made with: all 12 finished, no call made
+    report = generate(config)
+    assert report["this_run"]["skipped_finished"] == 12 and report["this_run"]["llm"]["calls"] == 0
+
+
 def test_a_server_without_logprobs_fails_each_sample_with_the_reason(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "ep_000001", calculator_history(3))
     with running_server(Script()) as url:

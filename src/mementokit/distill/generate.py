@@ -17,6 +17,7 @@ the arguments.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Callable
@@ -31,6 +32,10 @@ from mementokit.errors import ConfigError, InputError
 from mementokit.jsonl import write_json_atomic
 
 INTERMEDIATE = "results.jsonl"
+SETTINGS = "settings.json"  # what the rows of an output folder were made with: a rerun must match it
+# The settings that change what a row holds (not how fast it is made, nor how many samples are taken).
+ROW_SETTINGS = ("model", "strategy", "window", "types", "max_entries", "top_logprobs", "temperature", "max_tokens",
+                "id_source", "metadata")
 ROW_TYPE = "memory_distillation"
 # The seed's example_gen.yaml names some settings differently.
 CONFIG_ALIASES = {"lm_model": "model", "output_dir": "out", "concurrency": "max_concurrency", "num_threads":
@@ -182,6 +187,7 @@ async def generate_async(config: GenerateConfig, *, on_progress: Callable[[int, 
     checkpoint = load_checkpoint(config.checkpoint_dir, system_prompt=config.system_prompt,
                                  skip_bad=config.skip_bad, on_bad=on_bad)
     prompts = list(iter_prompts(checkpoint, config.prompt_options()))
+    _check_settings(Path(config.out), config, checkpoint)
     client = LLMClient(_llm_config(config))
     total = len(prompts)
 
@@ -207,6 +213,24 @@ async def generate_async(config: GenerateConfig, *, on_progress: Callable[[int, 
     }
     write_json_atomic(Path(config.out) / "report.json", report)
     return report
+
+
+def _check_settings(out: Path, config: GenerateConfig, checkpoint) -> None:
+    """Refuse to resume an output folder made with other settings: finished samples would be kept as they are
+    and the file would mix two datasets."""
+    settings = {name: getattr(config, name) for name in ROW_SETTINGS}
+    settings.update(checkpoint=str(checkpoint.folder.resolve()), snapshot=checkpoint.snapshot.name,
+                    system_prompt=checkpoint.system_prompt)
+    settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
+    path = out / SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ConfigError(f"{out} holds samples generated with other settings ({', '.join(changed)} differ): "
+                              "choose another --out, or rerun with the same settings to resume")
+    else:
+        write_json_atomic(path, settings)
 
 
 def generate(config: GenerateConfig, **kwargs: Any) -> dict[str, Any]:
