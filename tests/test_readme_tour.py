@@ -24,6 +24,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from mementokit.cli.helptext import _example_commands
 from mementokit.cli.main import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,24 +43,15 @@ def tour_section(text: str) -> str:
 
 
 def tour_commands(text: str) -> list[str]:
-    """Every command of the tour, in order, continuation lines joined."""
+    """Every command of the tour, in order, continuation lines joined (as the help's examples are read)."""
     commands: list[str] = []
     for lang, body in re.findall(r"```(bash|console)\n(.*?)```", tour_section(text), re.S):
-        pending = ""
+        kept, continued = [], False
         for line in body.splitlines():
-            if lang == "console" and not pending:
-                if not line.startswith("$ "):
-                    continue
-                line = line[2:]
-            line = line.strip()
-            if not line or (line.startswith("#") and not pending):
-                continue
-            pending = f"{pending} {line}".strip()
-            if pending.endswith("\\"):
-                pending = pending[:-1].rstrip()
-                continue
-            commands.append(pending)
-            pending = ""
+            if continued or (line.startswith("$ ") if lang == "console" else not line.lstrip().startswith("#")):
+                kept.append(line)
+                continued = line.rstrip().endswith("\\")
+        commands += _example_commands("\n".join(kept))
     return commands
 
 
