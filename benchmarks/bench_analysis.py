@@ -264,7 +264,7 @@ def bench_analyze(sizes: list[int]) -> None:
 def bench_tokens(n_traces: int) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from mementokit.analysis.tokens import load_tokenizer
+    from mementokit.analysis.tokens import load_counting_tokenizer
 
     texts = [row["response"] for row in islice(synthetic_rows(n_traces, seed=2), n_traces)]
     trainer = trainers.BpeTrainer(vocab_size=8000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -273,7 +273,7 @@ def bench_tokens(n_traces: int) -> None:
     raw.train_from_iterator(texts[:200], trainer)
     with tempfile.TemporaryDirectory() as tmp:
         raw.save(f"{tmp}/tokenizer.json")
-        tokenizer = load_tokenizer(f"{tmp}/tokenizer.json")  # same model, the markers registered
+        tokenizer = load_counting_tokenizer(f"{tmp}/tokenizer.json")  # same model, the markers registered
     text_chunks = [texts[i : i + 64] for i in range(0, len(texts), 64)]
     encode = best_of(3, lambda: [tokenizer.encode_batch(c, add_special_tokens=False) for c in text_chunks])
     # What token statistics add on top of that encode: reading the offsets, and attributing tokens to segments.

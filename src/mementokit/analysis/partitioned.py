@@ -233,9 +233,9 @@ def _analyze_parts(
     workers = workers or os.cpu_count() or 1
     init_args = (tokenizer, markers, keep_last, strict)
     if tokenizer is not None:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        load_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
+        load_counting_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
     merger = _Merger(limit, skip_bad, stats, progress)
     task = (field_map, skip_bad, limit, chunk_size)
     if limit == 0:

@@ -372,7 +372,7 @@ def convert(source: str | Path, tokenizer, out: str | Path, *, min_prob_mass: fl
     content and checks the ids; it maps token strings only when the server gave no ids.
     """
     if isinstance(tokenizer, (str, Path)):
-        from mementokit.blocks.tokens import load_hf_tokenizer
+        from mementokit.hf import load_hf_tokenizer
 
         tokenizer = load_hf_tokenizer(tokenizer)
     if not 0.0 < min_prob_mass <= 1.0:

@@ -155,7 +155,7 @@ class DistillTrainResult:
 def train_student(config: DistillTrainConfig, *, on_step: Callable[[int, int], None] | None = None,
                   on_log: Callable[[dict[str, Any]], None] | None = None) -> DistillTrainResult:
     """Train the student on the parquet; saves out/final (model + tokenizer) and out/log.jsonl."""
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
     from mementokit.sft.train import _load_model, _optimizer, _resolve_device, lr_lambda, step_indices
 
     config.validate()

@@ -161,20 +161,17 @@ def _resolve_bf16(requested: bool | None, device: torch.device) -> bool:
 
 
 def _load_tokenizer(data: Path, model: str):
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
 
     # The ids were made by the export's tokenizer (block markers added): prefer it to the model's.
     return load_hf_tokenizer(data / TOKENIZER_DIR if (data / TOKENIZER_DIR).is_dir() else Path(model))
 
 
 def _load_model(path: str | Path, attn_implementation: str):
-    from transformers import AutoModelForCausalLM
+    from mementokit.hf import load_hf_model
 
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn_implementation,
-                                                    dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
+    # fp32 master weights on CPU; the trainer moves the model and autocasts.
+    return load_hf_model(path, dtype="float32", device="cpu", attn=attn_implementation).train()
 
 
 def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
