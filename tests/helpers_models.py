@@ -21,7 +21,8 @@ def build_tiny_model(arch: str, vocab_size: int, *, attn_implementation: str = "
 
 def memento_token_sequence(rng, markers, ordinary_ids, *, blocks: int = 4, nest_probability: float = 0.3,
                            chat_prefix: bool = True, stray_markers: bool = False, open_tail: bool = False,
-                           block_tokens: tuple[int, int] = (1, 8), summary_tokens: tuple[int, int] = (1, 4)) -> list[int]:
+                           block_tokens: tuple[int, int] = (1, 8),
+                           summary_tokens: tuple[int, int] = (1, 4)) -> list[int]:
     """A random token sequence with the Memento structure: a ChatML head, then blocks (some nested), each followed
     by its summary, ordinary tokens between them, optionally stray markers and a block left open at the end.
 

@@ -147,7 +147,8 @@ def plot_figure3(report: AnalysisReport, path: str | os.PathLike) -> Path:
     high = min(1.0, float(np.percentile(all_ratios, 99.5)) * 1.1) if all_ratios.size else 1.0
     edges = np.linspace(0, max(high, 0.05), bin_count(_typical_count(list(ratios.values()))) + 1)
     _histogram_panel(axes[1, 1], ratios, colors, edges=edges, log_x=False,
-                     title="Compression ratio per block (memento / block chars)", xlabel="ratio (smaller = more compression)",
+                     title="Compression ratio per block (memento / block chars)",
+                     xlabel="ratio (smaller = more compression)",
                      ylabel="share of blocks", what="blocks", spec=".3f")
     fig.suptitle(f"Memento traces by domain: {len(traces):,} traces, {len(pairs):,} block-memento pairs")
     return _save(fig, path)
@@ -191,7 +192,8 @@ def plot_ratio_cdf(report: AnalysisReport, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def block_vs_summary_points(report: AnalysisReport, max_points: int = MAX_SCATTER_POINTS, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def block_vs_summary_points(report: AnalysisReport, max_points: int = MAX_SCATTER_POINTS,
+                            seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per domain, (block words, memento words) of pairs where both are > 0, subsampled to at most
     `max_points` in total (each domain keeps its share; the same seed picks the same points)."""
     pairs = report.pairs
@@ -204,13 +206,15 @@ def block_vs_summary_points(report: AnalysisReport, max_points: int = MAX_SCATTE
         x = group["block_words"].to_numpy(dtype=np.float64)
         y = group["summary_words"].to_numpy(dtype=np.float64)
         if keep < 1.0:
-            take = rng.choice(x.size, size=int(x.size * keep), replace=False)  # floor: the total never exceeds max_points
+            # floor: the total never exceeds max_points
+            take = rng.choice(x.size, size=int(x.size * keep), replace=False)
             x, y = x[take], y[take]
         points[domain] = (x, y)
     return points
 
 
-def plot_block_vs_summary_words(report: AnalysisReport, path: str | os.PathLike, max_points: int = MAX_SCATTER_POINTS) -> Path:
+def plot_block_vs_summary_words(report: AnalysisReport, path: str | os.PathLike,
+                                max_points: int = MAX_SCATTER_POINTS) -> Path:
     """Log-log scatter of memento words against block words per pair, by domain, with constant-ratio guides."""
     points = block_vs_summary_points(report, max_points)
     colors = domain_colors(report.domains)
@@ -222,7 +226,8 @@ def plot_block_vs_summary_words(report: AnalysisReport, path: str | os.PathLike,
         if x.size == 0:
             continue
         ax.scatter(x, y, s=size, alpha=0.35, color=colors[domain], linewidths=0, label=f"{domain} ({x.size:,} shown)")
-        ax.plot([np.median(x)], [np.median(y)], marker="X", markersize=11, color=colors[domain], markeredgecolor="black")
+        ax.plot([np.median(x)], [np.median(y)], marker="X", markersize=11, color=colors[domain],
+                markeredgecolor="black")
     if total:
         xs = np.concatenate([x for x, _ in points.values()])
         lo, hi = max(xs.min() * 0.8, 1.0), xs.max() * 1.25

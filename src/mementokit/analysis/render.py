@@ -51,13 +51,15 @@ def render_trace(console: Console, record, *, max_chars: int = 600, tokenizer: s
         summary = summary_of.get(block.index)
         bc = block.content_end - block.content_start
         block_cell = Text(_clip(block.content(response), max_chars))
-        block_cell.append(f"\n{bc:,} chars, {words.words(block.content_start, block.content_end):,} words{tokens(block.content_start, block.content_end)}", style="dim")
+        start, end = block.content_start, block.content_end
+        block_cell.append(f"\n{bc:,} chars, {words.words(start, end):,} words{tokens(start, end)}", style="dim")
         if summary is None:
             table.add_row(str(block.index), block_cell, Text("(no memento)", style="red"), "-")
             continue
         sc = summary.content_end - summary.content_start
         summary_cell = Text(_clip(summary.content(response), max_chars))
-        summary_cell.append(f"\n{sc:,} chars, {words.words(summary.content_start, summary.content_end):,} words{tokens(summary.content_start, summary.content_end)}", style="dim")
+        start, end = summary.content_start, summary.content_end
+        summary_cell.append(f"\n{sc:,} chars, {words.words(start, end):,} words{tokens(start, end)}", style="dim")
         table.add_row(str(block.index), block_cell, summary_cell, f"{sc / bc:.3f}" if bc else "-")
     console.print(table)
     answer = trace.answer

@@ -42,7 +42,8 @@ FIGURE_CAPTIONS = {
     "block_vs_summary_words": "Words in each memento against words in its block (log-log, at most 20,000 pairs "
     "shown; X marks each domain's median).",
 }
-IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+               ".gif": "image/gif"}
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -171,7 +172,8 @@ def _provenance_html(report: AnalysisReport) -> str:
     if p["real_sources"]:
         shown = list(p["real_sources"].items())[:12]
         items = "".join(f"<li>{_esc(name)}: {count:,}</li>" for name, count in shown)
-        more = f"<li>… and {len(p['real_sources']) - len(shown):,} more sources</li>" if len(p["real_sources"]) > len(shown) else ""
+        hidden = len(p["real_sources"]) - len(shown)
+        more = f"<li>… and {hidden:,} more sources</li>" if hidden > 0 else ""
         parts.append(f"<p>Real traces by source:</p><ul>{items}{more}</ul>")
     return "\n".join(parts)
 
@@ -181,7 +183,8 @@ def _image_data_uri(path: Path) -> str:
         raise InputError("figure file not found", path=str(path))
     mime = IMAGE_TYPES.get(path.suffix.lower())
     if mime is None:
-        raise InputError(f"cannot inline a '{path.suffix}' figure (expected one of {', '.join(IMAGE_TYPES)})", path=str(path))
+        raise InputError(f"cannot inline a '{path.suffix}' figure (expected one of {', '.join(IMAGE_TYPES)})",
+                         path=str(path))
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
@@ -240,7 +243,8 @@ def render_html_report(report: AnalysisReport, figures: dict[str, Path], *, titl
     """The report as one HTML string (what `write_html_report` writes)."""
     summary = report.summary()
     tokenizer = summary.get("tokenizer")
-    token_note = f"tokens counted with <code>{_esc(tokenizer)}</code>" if tokenizer else "no tokenizer (add <code>--tokenizer</code> for token counts)"
+    token_note = (f"tokens counted with <code>{_esc(tokenizer)}</code>" if tokenizer
+                  else "no tokenizer (add <code>--tokenizer</code> for token counts)")
     skipped = f"; {summary['skipped']:,} bad rows skipped" if summary.get("skipped") else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -252,7 +256,8 @@ def render_html_report(report: AnalysisReport, figures: dict[str, Path], *, titl
 </head>
 <body>
 <h1>{_esc(title)}</h1>
-<p class="meta">mementokit {_esc(_version())} · {len(report.traces):,} traces · {len(report.pairs):,} block-memento pairs · {token_note}{skipped}</p>
+<p class="meta">mementokit {_esc(_version())} · {len(report.traces):,} traces · {len(report.pairs):,} block-memento \
+pairs · {token_note}{skipped}</p>
 <h2>Where the traces come from</h2>
 {_provenance_html(report)}
 <h2>By domain</h2>

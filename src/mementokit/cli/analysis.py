@@ -64,23 +64,50 @@ def token_table(summary: dict):
     return out
 
 
+DatasetOpt = Annotated[str | None, typer.Option(
+    "--dataset", metavar="NAME", show_default=False,
+    help=f"Stream a hub dataset, e.g. {DATASET_NAME}.")]
+ShuffleSeedOpt = Annotated[int | None, typer.Option(
+    "--shuffle-seed", metavar="N", show_default=False,
+    help="Fair sample: shuffle shards and rows with this seed.")]
+ShuffleBufferOpt = Annotated[int, typer.Option(
+    "--shuffle-buffer", metavar="N", min=1,
+    help="Rows held for shuffling.")]
+TokenizerOpt = Annotated[str | None, typer.Option(
+    "--tokenizer", "-t", metavar="PATH", show_default=False,
+    help="Hugging Face tokenizer (folder, tokenizer.json or hub name): token counts and a KV section in the "
+         "report.")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", metavar="DIR", show_default=False,
+    help="Report folder [default: ./memento-report, none with --json].")]
+AsJsonOpt = Annotated[bool, typer.Option(
+    "--json",
+    help="Print one JSON summary on stdout; write files only with --out.")]
+KeepLastOpt = Annotated[int, typer.Option(
+    "--keep-last", metavar="K", min=0,
+    help="Blocks kept for the compressed-size column.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", metavar="N", min=1, show_default=False,
+    help="Processes [default: every core].")]
+
+
 def analyze(
     input: InputArg = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", metavar="NAME", help=f"Stream a hub dataset, e.g. {DATASET_NAME}.", show_default=False)] = None,
+    dataset: DatasetOpt = None,
     config: ConfigOpt = "default",
     split: SplitOpt = "train",
     limit: LimitOpt = None,
-    shuffle_seed: Annotated[int | None, typer.Option("--shuffle-seed", metavar="N", help="Fair sample: shuffle shards and rows with this seed.", show_default=False)] = None,
-    shuffle_buffer: Annotated[int, typer.Option("--shuffle-buffer", metavar="N", help="Rows held for shuffling.", min=1)] = 1_000,
+    shuffle_seed: ShuffleSeedOpt = None,
+    shuffle_buffer: ShuffleBufferOpt = 1_000,
     stratify: Annotated[bool, typer.Option("--stratify", help="Fair sample: interleave domains.")] = False,
     fields: FieldOpt = None,
-    tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Hugging Face tokenizer (folder, tokenizer.json or hub name): token counts and a KV section in the report.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Report folder [default: ./memento-report, none with --json].", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout; write files only with --out.")] = False,
+    tokenizer: TokenizerOpt = None,
+    out: OutOpt = None,
+    as_json: AsJsonOpt = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the figures and the HTML report.")] = True,
     table_format: Annotated[str, typer.Option("--table-format", help="Per-trace table: parquet or csv.")] = "parquet",
-    keep_last: Annotated[int, typer.Option("--keep-last", metavar="K", help="Blocks kept for the compressed-size column.", min=0)] = 1,
-    workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Processes [default: every core].", min=1, show_default=False)] = None,
+    keep_last: KeepLastOpt = 1,
+    workers: WorkersOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first trace with a format problem.")] = False,
     skip_bad: SkipBadOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Say how the input was read and measured.")] = False,
@@ -157,14 +184,22 @@ def _print_analysis(summary: dict, read_stats, out_dir: Path, written: list[Path
     stdout.print(f"Report written to [bold]{out_dir}/[/] ({', '.join(p.name for p in written)})", highlight=False)
 
 
+WidthOpt = Annotated[int, typer.Option(
+    "--chars", metavar="N", min=0,
+    help="Characters shown of each block (0: all).")]
+_TokenizerOpt = Annotated[str | None, typer.Option(
+    "--tokenizer", "-t", metavar="PATH", show_default=False,
+    help="Also show token counts.")]
+
+
 def render(
     input: InputArg = None,
     index: Annotated[int, typer.Option("--index", metavar="N", help="Which trace (0-based).", min=0)] = 0,
     config: ConfigOpt = "default",
     split: SplitOpt = "train",
     fields: FieldOpt = None,
-    width: Annotated[int, typer.Option("--chars", metavar="N", help="Characters shown of each block (0: all).", min=0)] = 600,
-    tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Also show token counts.", show_default=False)] = None,
+    width: WidthOpt = 600,
+    tokenizer: _TokenizerOpt = None,
 ) -> None:
     """Show one trace in the terminal: each block beside its memento, with sizes and the ratio.
 
@@ -180,15 +215,26 @@ def render(
     render_trace(stdout, record, max_chars=width, tokenizer=tokenizer)
 
 
+_KeepLastOpt = Annotated[int, typer.Option(
+    "--keep-last", metavar="K", min=0,
+    help="Blocks kept (the newest K); every memento stays.")]
+KeepDelimitersOpt = Annotated[bool, typer.Option(
+    "--keep-delimiters",
+    help="Keep the <|block_start|><|block_end|> pair of dropped blocks.")]
+_TokenizerOpt2 = Annotated[str | None, typer.Option(
+    "--tokenizer", "-t", metavar="PATH", show_default=False,
+    help="Also report token counts.")]
+
+
 def compress(
     input: InputArg = None,
-    keep_last: Annotated[int, typer.Option("--keep-last", metavar="K", help="Blocks kept (the newest K); every memento stays.", min=0)] = 1,
+    keep_last: _KeepLastOpt = 1,
     index: Annotated[int, typer.Option("--index", metavar="N", help="Which trace (0-based).", min=0)] = 0,
-    keep_delimiters: Annotated[bool, typer.Option("--keep-delimiters", help="Keep the <|block_start|><|block_end|> pair of dropped blocks.")] = False,
+    keep_delimiters: KeepDelimitersOpt = False,
     config: ConfigOpt = "default",
     split: SplitOpt = "train",
     fields: FieldOpt = None,
-    tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Also report token counts.", show_default=False)] = None,
+    tokenizer: _TokenizerOpt2 = None,
 ) -> None:
     """Print a trace as the model sees it at the end: dropped blocks removed, mementos and answer kept.
 
@@ -216,10 +262,15 @@ def compress(
     stderr.print(line, highlight=False)
 
 
+_OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", metavar="FILE",
+    help="Output JSONL file.")]
+
+
 def synth(
     n: Annotated[int, typer.Option("--n", metavar="N", help="How many traces.", min=0)] = 1000,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Random seed (same seed, same traces).")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Output JSONL file.")] = Path("synthetic.jsonl"),
+    out: _OutOpt = Path("synthetic.jsonl"),
 ) -> None:
     """Write synthetic OpenMementos-like traces (domains, block counts and sizes as the paper reports).
 

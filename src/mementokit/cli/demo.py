@@ -10,12 +10,19 @@ import typer
 from mementokit.cli.console import stderr, stdout
 from mementokit.cli.options import quiet_libraries
 
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", metavar="DIR",
+    help="Folder to write (created).")]
+VocabSizeOpt = Annotated[int, typer.Option(
+    "--vocab-size", metavar="N", min=300,
+    help="BPE vocabulary size (before the special tokens).")]
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo-model")
     def demo_model(
-        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder to write (created).")] = Path("demo-model"),
-        vocab_size: Annotated[int, typer.Option("--vocab-size", metavar="N", min=300, help="BPE vocabulary size (before the special tokens).")] = 4096,
+        out: OutOpt = Path("demo-model"),
+        vocab_size: VocabSizeOpt = 4096,
         seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random weights.")] = 0,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what is in --out.")] = False,
     ) -> None:

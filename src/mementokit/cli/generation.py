@@ -105,27 +105,65 @@ def _write_curve_and_plot(config, results, curve: Path | None, plot: Path | None
         plot_cache_curves([(f"prompt {i}", r.stats) for i, r in enumerate(results)], plot)
 
 
+PromptOpt = Annotated[str | None, typer.Option(
+    "--prompt", "-p", metavar="TEXT", show_default=False,
+    help="One prompt (the user's message).")]
+PromptsFileOpt = Annotated[Path | None, typer.Option(
+    "--prompts", metavar="FILE", show_default=False,
+    help="File of prompts: JSONL (prompt / problem / question) or one per line.")]
+TokenizerPathOpt = Annotated[str | None, typer.Option(
+    "--tokenizer", "-t", metavar="PATH", show_default=False,
+    help="Tokenizer folder (default: the model's).")]
+RawOpt = Annotated[bool, typer.Option(
+    "--raw",
+    help="Feed the prompt text as is (no chat template); blocks are then tracked from the first token.")]
+MaxNewTokensOpt = Annotated[int, typer.Option(
+    "--max-new-tokens", metavar="N", min=0,
+    help="Cap on generated (logical) tokens.")]
+MaxCacheTokensOpt = Annotated[int | None, typer.Option(
+    "--max-cache-tokens", metavar="N", min=1,
+    help="Cap on PHYSICAL cache tokens of a row (what memory holds).")]
+TemperatureOpt = Annotated[float, typer.Option(
+    "--temperature", min=0.0,
+    help="Sampling temperature; 0 = greedy.")]
+TopPOpt = Annotated[float, typer.Option(
+    "--top-p",
+    help="Nucleus sampling: keep the smallest set of tokens with this much probability.")]
+MinPOpt = Annotated[float, typer.Option(
+    "--min-p",
+    help="Drop tokens below this fraction of the top token's probability.")]
+StopIdOpt = Annotated[list[int] | None, typer.Option(
+    "--stop-id", metavar="ID",
+    help="Stop token id (repeatable).")]
+CurveOpt = Annotated[Path | None, typer.Option(
+    "--curve", metavar="FILE", show_default=False,
+    help="Write the per-step cache curve and evictions (JSON).")]
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", metavar="PNG", show_default=False,
+    help="PNG of the measured cache curve.")]
+
+
 def generate(
     model_path: ModelOpt,
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", metavar="TEXT", help="One prompt (the user's message).", show_default=False)] = None,
-    prompts_file: Annotated[Path | None, typer.Option("--prompts", metavar="FILE", help="File of prompts: JSONL (prompt / problem / question) or one per line.", show_default=False)] = None,
+    prompt: PromptOpt = None,
+    prompts_file: PromptsFileOpt = None,
     block_masking: BlockMaskingOpt = DEFAULT_BLOCK_MASKING,
-    tokenizer_path: Annotated[str | None, typer.Option("--tokenizer", "-t", metavar="PATH", help="Tokenizer folder (default: the model's).", show_default=False)] = None,
-    raw: Annotated[bool, typer.Option("--raw", help="Feed the prompt text as is (no chat template); blocks are then tracked from the first token.")] = False,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Cap on generated (logical) tokens.", min=0)] = 512,
-    max_cache_tokens: Annotated[int | None, typer.Option("--max-cache-tokens", metavar="N", help="Cap on PHYSICAL cache tokens of a row (what memory holds).", min=1)] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 = greedy.", min=0.0)] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest set of tokens with this much probability.")] = 1.0,
+    tokenizer_path: TokenizerPathOpt = None,
+    raw: RawOpt = False,
+    max_new_tokens: MaxNewTokensOpt = 512,
+    max_cache_tokens: MaxCacheTokensOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens; 0 = off.", min=0)] = 0,
-    min_p: Annotated[float, typer.Option("--min-p", help="Drop tokens below this fraction of the top token's probability.")] = 0.0,
+    min_p: MinPOpt = 0.0,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed (row i uses seed + i).")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", metavar="TEXT", help="Stop string (repeatable).")] = None,
-    stop_id: Annotated[list[int] | None, typer.Option("--stop-id", metavar="ID", help="Stop token id (repeatable).")] = None,
+    stop_id: StopIdOpt = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Do not stop at the end-of-sequence token.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Rows decoded together.", min=1)] = 8,
     stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they come (one prompt).")] = False,
-    curve: Annotated[Path | None, typer.Option("--curve", metavar="FILE", help="Write the per-step cache curve and evictions (JSON).", show_default=False)] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", metavar="PNG", help="PNG of the measured cache curve.", show_default=False)] = None,
+    curve: CurveOpt = None,
+    plot: PlotOpt = None,
     as_json: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -139,7 +177,8 @@ def generate(
 
         memento generate --model demo-model --prompt "What is 2 + 2?" --max-new-tokens 64 --plot kv.png
 
-        memento generate --model ./memento-qwen3-8b --prompt "Prove that sqrt(2) is irrational." --temperature 0.6 --top-p 0.95 --top-k 20 --max-new-tokens 8192
+        memento generate --model ./memento-qwen3-8b --prompt "Prove that sqrt(2) is irrational." --temperature 0.6 \
+            --top-p 0.95 --top-k 20 --max-new-tokens 8192
     """
     from mementokit.generate import SamplingParams, chat_prompt
 
@@ -191,14 +230,25 @@ def _print_generation(rows: list[dict], *, stream: bool, written: dict[str, Path
             stdout.print(f"{what} written to {path}", highlight=False)
 
 
+_TokenizerPathOpt = Annotated[str, typer.Option(
+    "--tokenizer", "-t", metavar="PATH", show_default=False,
+    help="Tokenizer folder. The four block markers are added if missing (the model must embed them).")]
+WithPromptOpt = Annotated[bool, typer.Option(
+    "--with-prompt",
+    help="Replay the prompt too (chat template, ChatML fallback); the assistant gate then applies.")]
+SaveLogitsOpt = Annotated[Path | None, typer.Option(
+    "--save-logits", metavar="NPY", show_default=False,
+    help="Save the logits of every position of ONE trace: float32 .npy [positions, vocab].")]
+
+
 def replay_command(
     source: RequiredInputArg,
     model_path: ModelOpt,
-    tokenizer_path: Annotated[str, typer.Option("--tokenizer", "-t", metavar="PATH", help="Tokenizer folder. The four block markers are added if missing (the model must embed them).", show_default=False)],
+    tokenizer_path: _TokenizerPathOpt,
     block_masking: BlockMaskingOpt = DEFAULT_BLOCK_MASKING,
-    with_prompt: Annotated[bool, typer.Option("--with-prompt", help="Replay the prompt too (chat template, ChatML fallback); the assistant gate then applies.")] = False,
+    with_prompt: WithPromptOpt = False,
     limit: LimitOpt = None,
-    save_logits: Annotated[Path | None, typer.Option("--save-logits", metavar="NPY", help="Save the logits of every position of ONE trace: float32 .npy [positions, vocab].", show_default=False)] = None,
+    save_logits: SaveLogitsOpt = None,
     as_json: JsonOpt = False,
     dataset_config: ConfigOpt = "default",
     split: SplitOpt = "train",
@@ -218,7 +268,8 @@ def replay_command(
 
         memento replay tests/data/memento_trace_aime2025_p5.json --model demo-model --tokenizer demo-model
 
-        memento replay traces.jsonl --model ./memento-qwen3-8b --tokenizer ./memento-qwen3-8b --limit 1 --json --save-logits logits.npy
+        memento replay traces.jsonl --model ./memento-qwen3-8b --tokenizer ./memento-qwen3-8b --limit 1 --json \
+            --save-logits logits.npy
     """
     from mementokit.generate import replay_traces
 

@@ -71,18 +71,38 @@ def traces_table(results):
     return out
 
 
+ModelConfigOpt = Annotated[str | None, typer.Option(
+    "--model-config", metavar="PATH", show_default=False,
+    help="Hugging Face config.json (or its folder) for bytes per token.")]
+PresetNameOpt = Annotated[str | None, typer.Option(
+    "--preset", metavar="NAME", show_default=False,
+    help="Bytes per token of a known model: qwen3-8b, qwen3-32b, phi-4.")]
+WithPromptOpt = Annotated[bool, typer.Option(
+    "--with-prompt",
+    help="Replay the prompt too (chat template, ChatML fallback); the assistant gate then applies.")]
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", metavar="PNG", show_default=False,
+    help="The KV curve of one trace (vanilla vs memento), or ratio distributions for several.")]
+PlotTraceOpt = Annotated[int | None, typer.Option(
+    "--plot-trace", metavar="INDEX", min=0,
+    help="Plot the curve of the trace with this index even when there are several.")]
+KvDtypeOpt = Annotated[str | None, typer.Option(
+    "--kv-dtype", metavar="DTYPE", show_default=False,
+    help="KV cache dtype when it differs from the model's (e.g. fp8).")]
+
+
 def kv(
     source: RequiredInputArg,
     tokenizer: TokenizerOpt,
-    model_config: Annotated[str | None, typer.Option("--model-config", metavar="PATH", help="Hugging Face config.json (or its folder) for bytes per token.", show_default=False)] = None,
-    preset_name: Annotated[str | None, typer.Option("--preset", metavar="NAME", help="Bytes per token of a known model: qwen3-8b, qwen3-32b, phi-4.", show_default=False)] = None,
+    model_config: ModelConfigOpt = None,
+    preset_name: PresetNameOpt = None,
     block_masking: BlockMaskingOpt = DEFAULT_BLOCK_MASKING,
-    with_prompt: Annotated[bool, typer.Option("--with-prompt", help="Replay the prompt too (chat template, ChatML fallback); the assistant gate then applies.")] = False,
+    with_prompt: WithPromptOpt = False,
     limit: LimitOpt = None,
-    plot: Annotated[Path | None, typer.Option("--plot", metavar="PNG", help="The KV curve of one trace (vanilla vs memento), or ratio distributions for several.", show_default=False)] = None,
-    plot_trace: Annotated[int | None, typer.Option("--plot-trace", metavar="INDEX", help="Plot the curve of the trace with this index even when there are several.", min=0)] = None,
+    plot: PlotOpt = None,
+    plot_trace: PlotTraceOpt = None,
     as_json: JsonOpt = False,
-    kv_dtype: Annotated[str | None, typer.Option("--kv-dtype", metavar="DTYPE", help="KV cache dtype when it differs from the model's (e.g. fp8).", show_default=False)] = None,
+    kv_dtype: KvDtypeOpt = None,
     dataset_config: ConfigOpt = "default",
     split: SplitOpt = "train",
     fields: FieldOpt = None,

@@ -27,7 +27,8 @@ ConfigOpt = Annotated[str, typer.Option("--config", metavar="NAME", help="Datase
 SplitOpt = Annotated[str, typer.Option("--split", metavar="NAME", help="Dataset split.")]
 FieldOpt = Annotated[list[str] | None, typer.Option(
     "--field", metavar="OURS=THEIRS", help="Map a field, e.g. response=cot (repeatable).", show_default=False)]
-SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip bad rows (counted and reported) instead of stopping.")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad",
+                                          help="Skip bad rows (counted and reported) instead of stopping.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", metavar="N", min=0, help="At most N traces.",
                                                  show_default=False)]
 
@@ -35,12 +36,13 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", "-n", metavar="N", min=
 TokenizerOpt = Annotated[str, typer.Option(
     "--tokenizer", "-t", metavar="PATH",
     help="Tokenizer folder (or hub name). The four block markers are added if missing.", show_default=False)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="PATH",
-                                       help="Model folder (a transformers causal LM), or hub name.", show_default=False)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", metavar="PATH", show_default=False,
+                                       help="Model folder (a transformers causal LM), or hub name.")]
 BlockMaskingOpt = Annotated[str, typer.Option(
     "--block-masking", metavar="JSON",
     help="Block-masking config: JSON text or file (the vLLM overlay's keys).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="Model dtype: float32, bfloat16, float16 or auto (the checkpoint's).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype",
+                                       help="Model dtype: float32, bfloat16, float16 or auto (the checkpoint's).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ... or auto (cuda when available).")]
 AttnOpt = Annotated[str, typer.Option("--attn", help="Attention implementation: sdpa or eager.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]

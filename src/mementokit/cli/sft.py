@@ -1,4 +1,5 @@
-"""`memento sft` (traces -> tokenized SFT data with stage-2 masks) and `memento train` (a thin layer over mementokit.sft)."""
+"""`memento sft` (traces -> tokenized SFT data with stage-2 masks) and `memento train` (a thin layer over
+mementokit.sft)."""
 
 from __future__ import annotations
 
@@ -60,19 +61,51 @@ def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", metavar="DIR", show_default=False,
+    help="Output folder (Arrow, Parquet, dataset card, JSONL messages, tokenizer).")]
+MaxLengthOpt = Annotated[int | None, typer.Option(
+    "--max-length", metavar="N", min=2,
+    help="Cut examples to this many tokens (counted in the card, never silent).")]
+StageOpt = Annotated[int, typer.Option(
+    "--stage", min=1, max=2,
+    help="1: full attention (no masks stored); 2: memento attention (masks stored).")]
+KeepLastNOpt = Annotated[int | None, typer.Option(
+    "--keep-last-n", metavar="N", min=-1,
+    help="Stage 2: completed blocks that stay visible (0: a block disappears at its memento's end; -1: never).")]
+MaskDelimitersOpt = Annotated[bool | None, typer.Option(
+    "--mask-delimiters/--keep-delimiters", show_default=False,
+    help="Stage 2 (required): hide a block's delimiters with it (Phi-4) or keep them (Qwen3, OLMo-3). Must "
+         "match serving.")]
+BlockMaskingOpt = Annotated[str | None, typer.Option(
+    "--block-masking", metavar="JSON", show_default=False,
+    help="Stage 2: block-masking config, JSON text or file (the vLLM overlay's keys); the flags above override "
+         "it.")]
+SystemPromptOpt = Annotated[str | None, typer.Option(
+    "--system-prompt", metavar="TEXT", show_default=False,
+    help="A system turn before the problem (Qwen3-style Memento models use none).")]
+RenderOpt = Annotated[str, typer.Option(
+    "--render",
+    help="Assistant turn: verbatim (response exactly as given, template's prompt and turn end) or template "
+         "(the template's own rendering).")]
+FormatsOpt = Annotated[list[str] | None, typer.Option(
+    "--format", metavar="FORMAT", show_default=False,
+    help="What to write: arrow, parquet, jsonl (repeatable; default all three).")]
+
+
 def sft(
     source: RequiredInputArg,
     tokenizer: TokenizerOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder (Arrow, Parquet, dataset card, JSONL messages, tokenizer).", show_default=False)],
-    max_length: Annotated[int | None, typer.Option("--max-length", metavar="N", help="Cut examples to this many tokens (counted in the card, never silent).", min=2)] = None,
+    out: OutOpt,
+    max_length: MaxLengthOpt = None,
     overflow: Annotated[str, typer.Option("--overflow", help="Over --max-length: truncate or drop.")] = "truncate",
-    stage: Annotated[int, typer.Option("--stage", help="1: full attention (no masks stored); 2: memento attention (masks stored).", min=1, max=2)] = 1,
-    keep_last_n: Annotated[int | None, typer.Option("--keep-last-n", metavar="N", help="Stage 2: completed blocks that stay visible (0: a block disappears at its memento's end; -1: never).", min=-1)] = None,
-    mask_delimiters: Annotated[bool | None, typer.Option("--mask-delimiters/--keep-delimiters", help="Stage 2 (required): hide a block's delimiters with it (Phi-4) or keep them (Qwen3, OLMo-3). Must match serving.", show_default=False)] = None,
-    block_masking: Annotated[str | None, typer.Option("--block-masking", metavar="JSON", help="Stage 2: block-masking config, JSON text or file (the vLLM overlay's keys); the flags above override it.", show_default=False)] = None,
-    system_prompt: Annotated[str | None, typer.Option("--system-prompt", metavar="TEXT", help="A system turn before the problem (Qwen3-style Memento models use none).", show_default=False)] = None,
-    render: Annotated[str, typer.Option("--render", help="Assistant turn: verbatim (response exactly as given, template's prompt and turn end) or template (the template's own rendering).")] = "verbatim",
-    formats: Annotated[list[str] | None, typer.Option("--format", metavar="FORMAT", help="What to write: arrow, parquet, jsonl (repeatable; default all three).", show_default=False)] = None,
+    stage: StageOpt = 1,
+    keep_last_n: KeepLastNOpt = None,
+    mask_delimiters: MaskDelimitersOpt = None,
+    block_masking: BlockMaskingOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    render: RenderOpt = "verbatim",
+    formats: FormatsOpt = None,
     limit: LimitOpt = None,
     dataset_config: ConfigOpt = "default",
     split: SplitOpt = "train",
@@ -81,15 +114,18 @@ def sft(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Turn Memento traces into SFT data: chat messages, input ids, labels (-100 on the prompt) and, for stage 2, the memento-attention masks stored compactly.
+    """Turn Memento traces into SFT data: chat messages, input ids, labels (-100 on the prompt) and, for stage 2,
+    the memento-attention masks stored compactly.
 
-    Writes Arrow (save_to_disk), Parquet, a dataset card with counts, token statistics and the options used, JSONL messages for other trainers, and the tokenizer the ids belong to.
+    Writes Arrow (save_to_disk), Parquet, a dataset card with counts, token statistics and the options used, JSONL
+    messages for other trainers, and the tokenizer the ids belong to.
 
     Examples:
 
-        memento sft tests/data/memento_trace_aime2025_p5.json --tokenizer demo-model --out sft-data --stage 2 --keep-delimiters
+        memento sft synthetic.jsonl --limit 8 --tokenizer demo-model --out sft-data --stage 2 --keep-delimiters
 
-        memento sft traces.jsonl --tokenizer ./qwen3-tokenizer --out sft-stage2 --max-length 32768 --stage 2 --keep-last-n 0 --keep-delimiters
+        memento sft traces.jsonl --tokenizer ./qwen3-tokenizer --out sft-stage2 --max-length 32768 --stage 2 \
+            --keep-last-n 0 --keep-delimiters
     """
     from mementokit.hf import load_hf_tokenizer
     from mementokit.io import ReadStats
@@ -126,8 +162,10 @@ def _sft_table(stage: int, result, statistics: dict, markers_added: int, masking
     per = statistics["tokens_per_example"]
     for label, value in (
         ("examples", statistics["examples"]),
-        ("dropped (overflow / prompt too long)", f"{statistics['dropped_overflow']} / {statistics['dropped_prompt_too_long']}"),
-        ("truncated examples (inside a block)", f"{statistics['truncated_examples']} ({statistics['truncated_inside_block']})"),
+        ("dropped (overflow / prompt too long)",
+         f"{statistics['dropped_overflow']} / {statistics['dropped_prompt_too_long']}"),
+        ("truncated examples (inside a block)",
+         f"{statistics['truncated_examples']} ({statistics['truncated_inside_block']})"),
         ("tokens (trained on)", f"{_fmt(statistics['tokens'])} ({_fmt(statistics['label_tokens'])})"),
         ("tokens per example median / p90 / max", f"{_fmt(per['median'])} / {_fmt(per['p90'])} / {_fmt(per['max'])}"),
         ("completed blocks", statistics["blocks_completed"]),
@@ -136,45 +174,94 @@ def _sft_table(stage: int, result, statistics: dict, markers_added: int, masking
         table.add_row(label, _fmt(value))
     if stage == 2:
         table.add_row("attention pairs hidden (stage 2)", f"{100 * statistics['hidden_attention_fraction']:.1f}%")
-        table.add_row("mask_delimiters / keep_last_n_blocks", f"{masking.mask_delimiters} / {masking.keep_last_n_blocks}")
+        table.add_row("mask_delimiters / keep_last_n_blocks",
+                      f"{masking.mask_delimiters} / {masking.keep_last_n_blocks}")
     return table
 
 
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", metavar="PATH", show_default=False,
+    help="Causal LM folder (or hub name) to start from.")]
+DataOpt = Annotated[Path, typer.Option(
+    "--data", "-d", metavar="DIR", show_default=False,
+    help="`memento sft` output folder (or a save_to_disk folder / Parquet).")]
+_StageOpt = Annotated[int, typer.Option(
+    "--stage", min=1, max=2, show_default=False,
+    help="1: full causal attention; 2: memento attention (needs data made with --stage 2).")]
+_OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", metavar="DIR", show_default=False,
+    help="Run folder: checkpoints, final model, log.jsonl. Default: memento-run-stage<N>.")]
+GradAccumOpt = Annotated[int, typer.Option(
+    "--grad-accum", metavar="N", min=1,
+    help="Micro-batches per optimizer step.")]
+WeightDecayOpt = Annotated[float, typer.Option(
+    "--weight-decay",
+    help="AdamW weight decay (not on norms and biases).")]
+_MaxLengthOpt = Annotated[int | None, typer.Option(
+    "--max-length", metavar="N", min=2,
+    help="Cut longer examples at collation.")]
+Bf16Opt = Annotated[bool | None, typer.Option(
+    "--bf16/--no-bf16", show_default=False,
+    help="bf16 autocast. Default: on when the GPU supports it, off on CPU.")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", show_default=False,
+    help="cpu, cuda, cuda:1 ... Default: cuda when available.")]
+AttnOpt = Annotated[str, typer.Option(
+    "--attn",
+    help="Attention implementation: sdpa or eager (both take the 4-D stage-2 mask).")]
+SaveStepsOpt = Annotated[int, typer.Option(
+    "--save-steps", metavar="N", min=0,
+    help="Checkpoint every N steps (0: only at the end).")]
+SaveTotalLimitOpt = Annotated[int | None, typer.Option(
+    "--save-total-limit", metavar="N", min=1,
+    help="Keep only the newest N checkpoints.")]
+ResumeOpt = Annotated[str | None, typer.Option(
+    "--resume", metavar="auto|DIR", show_default=False,
+    help="auto (newest checkpoint in --out, or a fresh start when there is none) or a checkpoint folder.")]
+GradientCheckpointingOpt = Annotated[bool, typer.Option(
+    "--gradient-checkpointing",
+    help="Recompute activations in the backward pass (less memory).")]
+
+
 def train_command(
-    model: Annotated[str, typer.Option("--model", "-m", metavar="PATH", help="Causal LM folder (or hub name) to start from.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", "-d", metavar="DIR", help="`memento sft` output folder (or a save_to_disk folder / Parquet).", show_default=False)],
-    stage: Annotated[int, typer.Option("--stage", help="1: full causal attention; 2: memento attention (needs data made with --stage 2).", min=1, max=2, show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Run folder: checkpoints, final model, log.jsonl. Default: memento-run-stage<N>.", show_default=False)] = None,
+    model: ModelOpt,
+    data: DataOpt,
+    stage: _StageOpt,
+    out: _OutOpt = None,
     epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")] = 1.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", metavar="N", help="Optimizer steps.", min=1)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Examples per micro-batch.", min=1)] = 1,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", metavar="N", help="Micro-batches per optimizer step.", min=1)] = 1,
+    grad_accum: GradAccumOpt = 1,
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-5,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay (not on norms and biases).")] = 0.0,
+    weight_decay: WeightDecayOpt = 0.0,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", metavar="N", help="Linear warm-up steps.", min=0)] = 0,
     scheduler: Annotated[str, typer.Option("--scheduler", help="cosine, linear or constant after warm-up.")] = "cosine",
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Gradient clipping (0: off).", min=0)] = 1.0,
-    max_length: Annotated[int | None, typer.Option("--max-length", metavar="N", help="Cut longer examples at collation.", min=2)] = None,
+    max_length: _MaxLengthOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Data order and initialisation seed.")] = 0,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast. Default: on when the GPU supports it, off on CPU.", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda when available.", show_default=False)] = None,
-    attn: Annotated[str, typer.Option("--attn", help="Attention implementation: sdpa or eager (both take the 4-D stage-2 mask).")] = "sdpa",
-    save_steps: Annotated[int, typer.Option("--save-steps", metavar="N", help="Checkpoint every N steps (0: only at the end).", min=0)] = 0,
-    save_total_limit: Annotated[int | None, typer.Option("--save-total-limit", metavar="N", help="Keep only the newest N checkpoints.", min=1)] = None,
+    bf16: Bf16Opt = None,
+    device: DeviceOpt = None,
+    attn: AttnOpt = "sdpa",
+    save_steps: SaveStepsOpt = 0,
+    save_total_limit: SaveTotalLimitOpt = None,
     log_steps: Annotated[int, typer.Option("--log-steps", metavar="N", help="Log the loss every N steps.", min=1)] = 1,
-    resume: Annotated[str | None, typer.Option("--resume", metavar="auto|DIR", help="auto (newest checkpoint in --out, or a fresh start when there is none) or a checkpoint folder.", show_default=False)] = None,
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in the backward pass (less memory).")] = False,
+    resume: ResumeOpt = None,
+    gradient_checkpointing: GradientCheckpointingOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a causal LM on `memento sft` data: stage 1 with full attention, stage 2 with memento attention (a finished memento's block is invisible to later tokens).
+    """Train a causal LM on `memento sft` data: stage 1 with full attention, stage 2 with memento attention (a
+    finished memento's block is invisible to later tokens).
 
-    Gradient accumulation, bf16 when the hardware has it, checkpoints and --resume; the loss of every logged step goes to OUT/log.jsonl. Missing block markers are added to the model and initialised from related words. Stage 2 writes OUT/final/block_masking.json: serve the model with it.
+    Gradient accumulation, bf16 when the hardware has it, checkpoints and --resume; the loss of every logged step
+    goes to OUT/log.jsonl. Missing block markers are added to the model and initialised from related words. Stage 2
+    writes OUT/final/block_masking.json: serve the model with it.
 
     Examples:
 
         memento train --model demo-model --data sft-data --stage 2 --max-steps 4 --out run
 
-        memento train --model ./qwen3-0.6b --data sft-stage2 --stage 2 --out run2 --batch-size 1 --grad-accum 8 --lr 1e-5 --save-steps 200
+        memento train --model ./qwen3-0.6b --data sft-stage2 --stage 2 --out run2 --batch-size 1 --grad-accum 8 \
+            --lr 1e-5 --save-steps 200
     """
     from mementokit.sft import TrainConfig
 
