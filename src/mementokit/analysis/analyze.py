@@ -47,15 +47,7 @@ SUMMARY_TRACE_METRICS = (
     "median_summary_chars",
     "compressed_fraction",
 )
-SUMMARY_TOKEN_TRACE_METRICS = (
-    "tokens",
-    "block_tokens",
-    "summary_tokens",
-    "wrapper_tokens",
-    "answer_tokens",
-    "token_ratio",
-    "token_compression",
-)
+SUMMARY_TOKEN_TRACE_METRICS = TRACE_TOKEN_COLUMNS
 
 
 class AnalysisReport:
