@@ -155,7 +155,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         teacher = build_teacher(folder)
-        bench_conversion(teacher, folder, *((20, 64) if args.quick else (200, 256)))
+        bench_conversion(teacher, folder, *((20, 64) if args.quick else (100, 256)))
         bench_generation(teacher, folder, *((16, 8) if args.quick else (64, 32)))
 
 

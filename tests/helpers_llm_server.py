@@ -237,6 +237,8 @@ def make_app(script: Script) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
+        with script.lock:
+            script.requests += 1  # counted on arrival, before anything can fail
         body = await request.json()
         messages = body.get("messages", [])
         system = next((m["content"] for m in messages if m.get("role") == "system"), "")
@@ -245,7 +247,6 @@ def make_app(script: Script) -> FastAPI:
         prompt_tokens = sum(tokens(m.get("content", "")) for m in messages)
         fault = script.take_fault(role)
         with script.lock:
-            script.requests += 1
             script.users.append(user)
             script.in_flight += 1
             script.max_in_flight = max(script.max_in_flight, script.in_flight)
@@ -265,6 +266,8 @@ def make_app(script: Script) -> FastAPI:
                 if reply is not None:
                     return reply
             content = render(role, user, script, fault)
+            if await request.is_disconnected():  # the client gave up (its timeout): nothing delivered or billed
+                return Response(status_code=499)
             with script.lock:
                 script.roles[role] += 1
                 script.prompt_tokens += prompt_tokens
@@ -296,24 +299,34 @@ def trace_variants(count: int, low: float = 0.1, high: float = 0.3, prefix: str 
 
 
 @contextlib.contextmanager
-def running_server(script: Script):
-    """Serve `script` on 127.0.0.1 (a free port) in a background thread; yields the base URL (…/v1)."""
+def serve_app(app: Any, lifespan: str = "off"):
+    """Serve any ASGI app on 127.0.0.1 (a free port) in a background thread; yields "http://127.0.0.1:PORT".
+
+    One way to run a real local HTTP server in tests (the scripted LLM below; other test servers can use it too).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(make_app(script), log_level="critical", lifespan="off", timeout_keep_alive=30)
+    config = uvicorn.Config(app, log_level="critical", lifespan=lifespan, timeout_keep_alive=30)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("scripted LLM server did not start")
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("local test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=5)
         sock.close()
+
+
+@contextlib.contextmanager
+def running_server(script: Script):
+    """Serve `script` on 127.0.0.1 (a free port) in a background thread; yields the base URL (.../v1)."""
+    with serve_app(make_app(script)) as root:
+        yield f"{root}/v1"

@@ -244,6 +244,16 @@ def test_shuffled_and_stratified_reads_keep_the_streaming_path(tmp_path):
     assert analyze_source(path, workers=1, shuffle_seed=0).reader.startswith("streamed")
     assert analyze_source(path, workers=1, stratify=True).reader.startswith("streamed")
     assert analyze_source(path, workers=1).reader.startswith("parallel")
+    with pytest.raises(InputError, match="no such file"):
+        analyze_source(tmp_path / "missing.jsonl", workers=1)
+
+
+def test_a_save_to_disk_folder_keeps_the_streaming_path(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(good_rows(12, seed=18)).save_to_disk(str(tmp_path / "saved"))
+    report = analyze_source(tmp_path / "saved", workers=1)
+    assert report.reader.startswith("streamed") and len(report) == 12
 
 
 # -- the fast JSON decoder never disagrees with json ---------------------------------------------------------

@@ -37,11 +37,6 @@ REFERENCE_OVERLAY_JSON = """{
 }"""
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
 # ---- config -------------------------------------------------------------------------------------------------
 def test_reference_overlay_json_is_accepted_unchanged():
     config = BlockMaskingConfig.load(REFERENCE_OVERLAY_JSON)

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from helpers_cli import invoke
-from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.distill import convert, flatten_top_logprobs, validate_parquet
 from mementokit.distill.convert import FlatTopLogprobs
 from mementokit.distill.logprobs import TeacherError, assistant_message
@@ -86,11 +85,6 @@ def exact_assistant(ids: list[int], k: int = 2) -> dict:
                 "top_logprobs": [{"token": f"token_id:{t + j}", "logprob": -0.1 - j, "token_id": t + j}
                                  for j in range(k)]} for t in ids]
     return {"content": "4", "token_ids": ids, "logprobs": {"content": content}}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def write(path, rows):

@@ -169,6 +169,20 @@ def test_killed_generation_resumes_without_losing_or_repeating(teacher, tmp_path
     assert all(r["messages"][-1]["token_ids"] in stats.generated for r in rows)
 
 
+def test_an_output_folder_is_resumed_only_with_the_same_settings(generated):
+    from mementokit.errors import ConfigError
+
+    folder, _, _, _ = generated
+    config = GenerateConfig(checkpoint_dir=str(folder / "ep_000200"), model="teacher", base_url="http://127.0.0.1:9/v1",
+                            out=str(folder / "out"), top_logprobs=K, max_tokens=24, temperature=1.5,
+                            strategy="full_memory", metadata={"dataset_version": "v1"})
+    with pytest.raises(ConfigError, match=r"other settings \(strategy differ\)"):
+        generate(config)
+    config.strategy = "exclude_current"  # the settings it was made with: all 12 finished, no call made
+    report = generate(config)
+    assert report["this_run"]["skipped_finished"] == 12 and report["this_run"]["llm"]["calls"] == 0
+
+
 def test_a_server_without_logprobs_fails_each_sample_with_the_reason(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "ep_000001", calculator_history(3))
     with running_server(Script()) as url:
@@ -218,18 +232,41 @@ def test_string_only_servers_raw_vocabulary_strings_map_decoded_byte_tokens_do_n
     assert (report["conversations"], report["skipped"]) == (4, 4)
 
 
-def test_config_file_replaces_the_flags(tmp_path, teacher):
+def test_the_seeds_config_file_replaces_the_flags(tmp_path, teacher):
     checkpoint = write_checkpoint(tmp_path / "ep_000002", calculator_history(3))
-    config = tmp_path / "gen.yaml"
-    config.write_text(f"checkpoint_dir: {checkpoint}\noutput_dir: {tmp_path / 'out'}\noutput_format: jsonl\n"
-                      "strategy: rolling_window\nwindow: 3\nlm_model: teacher\ntop_logprobs: 3\nmax_samples: 2\n"
-                      "max_tokens: 4\nmetadata:\n  dataset_version: v2\n  description: test\n")
-    with serve_teacher(teacher) as (url, _):
-        result = invoke("distill", "generate", "--config", config, "--base-url", url)
+    (tmp_path / "system.txt").write_text("Answer with one number.", encoding="utf-8")
+    config = tmp_path / "example_gen.yaml"
+    # the seed's configs/distillation/example_gen.yaml, its paths and server pointed here
+    config.write_text(f"""
+checkpoint_dir: "{checkpoint}"
+output_dir: "{tmp_path / 'out'}"
+output_format: "jsonl"
+strategy:
+  name: "rolling_window"
+  window_k: 3
+agent_type: "history_agent"
+system_prompt_override: "{{file:{tmp_path / 'system.txt'}}}"
+lm_model: "teacher"
+lm_base_url: "http://127.0.0.1:9/v1"
+lm_temperature: 0.0
+lm_max_output_tokens: 4
+top_logprobs: 3
+max_samples: 2
+num_threads: 2
+hf_repo_id: "someone/distillation-dataset-test"
+hf_private: false
+metadata:
+  dataset_version: "v1"
+  description: "Memory distillation training data from HistoryAgent"
+""")
+    with memento_serve(teacher) as url:
+        result = invoke("distill", "generate", "--config", config, "--base-url", url)  # an option wins
     assert result.exit_code == 0, result.output
+    assert "setting 'hf_repo_id' is not supported here and was ignored" in result.stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and rows[0]["metadata"]["description"] == "test"
-    assert rows[1]["metadata"]["strategy"] == "rolling_window"
+    assert len(rows) == 2 and rows[0]["metadata"]["description"].startswith("Memory distillation")
+    assert rows[1]["metadata"]["strategy"] == "rolling_window" and rows[1]["metadata"]["memory_entries"] == 3
+    assert rows[0]["system_prompt"].startswith("Answer with one number.\n\nYou will be given")
     config.write_text("checkpoint_dir: x\nlm_model: m\noutput_dir: o\nstrategee: full_memory\n")
     with pytest.raises(InputError, match="field 'strategee': unknown setting"):
         load_config(config)

@@ -16,18 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.blocks import BlockMaskingConfig, BlockStateMachine, MarkerIds, resolve_marker_ids
 from mementokit.format import DEFAULT_MARKERS, compress_trace, parse_response
 
 M = DEFAULT_MARKERS
 MARKER_STRINGS = M.all
 WORDS = ("a", "bb", " ", "\n", "x y", "é", "²", "Let r=2.", "  \t")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def token_config(keep_last: int, keep_delimiters: bool) -> BlockMaskingConfig:

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from helpers_models import MementoScript, build_tiny_model
 from helpers_tokenizer import build_tiny_tokenizer
-from mementokit.blocks import BlockMaskingConfig, resolve_marker_ids
 from mementokit.errors import ConfigError
 from mementokit.generate import (
     BlockMaskedGenerator,
@@ -23,30 +22,9 @@ from mementokit.generate import (
 )
 from mementokit.kv import simulate_token_ids
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # module-wide, from conftest
+
 BASE = {"enable": True, "keep_last_n_blocks": 0, "mask_delimiters": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def markers(tokenizer):
-    return resolve_marker_ids(tokenizer, BlockMaskingConfig.load(BASE))
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model("qwen3", len(tokenizer))
 
 
 @pytest.fixture(scope="module")

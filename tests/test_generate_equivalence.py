@@ -17,13 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers_models import build_tiny_model, memento_token_sequence
-from helpers_tokenizer import build_tiny_tokenizer
-from mementokit.blocks import BlockMaskingConfig, evictions_for_sequence, resolve_marker_ids
+from mementokit.blocks import BlockMaskingConfig, evictions_for_sequence
 from mementokit.generate import dense_reference_logits, replay
 from mementokit.generate.attention import forward, plan_masks
 from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.engine import EvictingRunner
 from mementokit.kv import simulate_token_ids
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # module-wide, from conftest
 
 TOLERANCE = 1e-4
 BASE = {"enable": True, "keep_last_n_blocks": 0, "mask_delimiters": False}
@@ -40,25 +41,6 @@ OPTIONS = {
     "restart_keep1": {"restart_mode": True, "keep_last_n_blocks": 1},
     "restart_answer": {"restart_mode": True, "keep_last_block_for_answer": True},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and the machine's cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def markers(tokenizer):
-    return resolve_marker_ids(tokenizer, BlockMaskingConfig.load(BASE))
 
 
 @pytest.fixture(scope="module")

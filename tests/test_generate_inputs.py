@@ -8,23 +8,11 @@ import warnings
 import pytest
 import torch
 
-from helpers_models import build_tiny_model
-from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.blocks import BlockMaskingConfig, MarkerIds, resolve_marker_ids
 from mementokit.errors import ConfigError, InputError
 from mementokit.generate import BlockMaskedGenerator, SamplingParams, chat_prompt, dense_reference_logits, replay
 
 BASE = {"enable": True, "keep_last_n_blocks": 0, "mask_delimiters": False}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return build_tiny_model("qwen3", len(tokenizer))
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,6 @@ def fixture_trace() -> dict:
     return {"problem": trace["problem"], "response": memento_response(trace), "domain": "math", "id": "aime-p5"}
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
 # ---- curves ---------------------------------------------------------------------------------------------------
 def random_structured(rng: np.random.Generator, blocks: int) -> list[int]:
     seq = []

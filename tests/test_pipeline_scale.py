@@ -121,7 +121,7 @@ def test_export_writes_the_openmementos_layout_that_datasets_and_analyze_read_ba
     import datasets
 
     rows = trace_variants(3)
-    rows[1]["difficulty"] = 7
+    rows[1]["difficulty"], rows[2]["difficulty"] = 7, "hard"
     out = tmp_path / "out"
     with running_server(Script()) as url:
         cfg = PipelineConfig(llm=LLMConfig(model="scripted", base_url=url, api_key="x"))
@@ -135,6 +135,7 @@ def test_export_writes_the_openmementos_layout_that_datasets_and_analyze_read_ba
     assert [r["response"] for r in again] == [r["response"] for r in read_ledger(out / "results.jsonl")]
     exported = runner.invoke(app, ["pipeline", "export", str(out), "--to", str(tmp_path / "ds"), "--json"])
     assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.stdout)["difficulty_not_an_integer"] == 1  # counted, not silently dropped
     default = datasets.load_dataset(str(tmp_path / "ds"), split="train")
     full = datasets.load_dataset(str(tmp_path / "ds"), "full", split="train")
     assert default.column_names == ["problem", "response", "domain", "source", "difficulty"]

@@ -354,7 +354,7 @@ def test_serve_command_checks_before_binding_and_says_which_limit_is_which(tmp_p
 
     missing = subprocess.run([sys.executable, "-m", "mementokit.cli", "serve", "--model", str(tmp_path / "nothing"),
                               "--port", "1"], capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "nothing' does not exist" in missing.stderr
+    assert missing.returncode == 2 and "nothing': no such folder" in missing.stderr
     assert "Traceback" not in missing.stderr and "Uvicorn running" not in missing.stderr
     with pytest.raises(ConfigError, match="mask_delimiters"):
         invoke("serve", "--model", tmp_path, "--block-masking-config", '{"enable": true}')

@@ -9,9 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers_models import MementoScript, build_tiny_model
-from helpers_tokenizer import build_tiny_tokenizer
-from mementokit.blocks import BlockMaskingConfig, resolve_marker_ids
+from helpers_models import MementoScript
 from mementokit.generate import (
     BlockMaskedGenerator,
     PhysicalKVCache,
@@ -22,26 +20,12 @@ from mementokit.generate import (
 )
 from mementokit.serve import Engine, EngineRequest
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # module-wide, from conftest
+
 BASE = {"enable": True, "keep_last_n_blocks": 0, "mask_delimiters": False}
 TEXTS = ("What is 2 + 2?", "Prove that there are infinitely many primes.", "hi", "Count to ten.",
          "Name a prime above 100.", "Why is the sky blue?")
 LENGTHS = (40, 12, 60, 25, 7, 33)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.set_num_threads(1)
-    return build_tiny_model("qwen3", len(tokenizer))
-
-
-@pytest.fixture(scope="module")
-def markers(tokenizer):
-    return resolve_marker_ids(tokenizer, BlockMaskingConfig.load(BASE))
 
 
 @pytest.mark.parametrize("options", [{}, {"restart_mode": True}, {"keep_last_n_blocks": 1}])

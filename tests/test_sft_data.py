@@ -8,11 +8,11 @@ import random
 import datasets
 import pyarrow.parquet as pq
 import pytest
-from helpers_sft import short_trace, short_traces, write_jsonl
-from helpers_tokenizer import build_tiny_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers_sft import short_trace, short_traces, write_jsonl
+from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.blocks import BlockMaskingConfig, compact_mask
 from mementokit.errors import ConfigError, InputError
 from mementokit.sft import (
@@ -26,11 +26,6 @@ from mementokit.sft import (
 )
 
 STAGE2 = BlockMaskingConfig(keep_last_n_blocks=0, mask_delimiters=False)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def labelled(example) -> list[int]:

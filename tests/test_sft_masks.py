@@ -8,22 +8,16 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers_models import build_tiny_model, memento_token_sequence
-from helpers_sft import short_trace, short_traces
-from helpers_tokenizer import build_tiny_tokenizer
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from helpers_models import build_tiny_model, memento_token_sequence
+from helpers_sft import short_trace, short_traces
 from mementokit.blocks import BlockMaskingConfig, MarkerIds, compact_mask, dense_allowed, resolve_marker_ids
 from mementokit.errors import InputError
 from mementokit.sft import MementoCollator, SFTTokenizer, attention_mask_for_model, iter_chat_examples
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def allowed_of(mask: torch.Tensor) -> np.ndarray:

@@ -186,10 +186,11 @@ def test_preempted_requests_still_match(llm, hf):
         assert all(physical == occupancy[logical - 1] for logical, physical, _ in records)
 
 
-def test_prefix_caching_and_async_scheduling_are_refused(model_dir):
+def test_prefix_caching_async_scheduling_and_speculative_decoding_are_refused(model_dir):
     from vllm.engine.arg_utils import EngineArgs
 
-    for flag in ({"enable_prefix_caching": True}, {"async_scheduling": True}):
+    speculative = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
+    for flag in ({"enable_prefix_caching": True}, {"async_scheduling": True}, {"speculative_config": speculative}):
         args = EngineArgs(model=str(model_dir), dtype="float32", additional_config={"block_masking": BASE}, **flag)
         with pytest.raises(ConfigError, match="refuses"):
             args.create_engine_config()

@@ -47,7 +47,7 @@ SUMMARY_TRACE_METRICS = (
     "median_summary_chars",
     "compressed_fraction",
 )
-SUMMARY_TOKEN_TRACE_METRICS = ("tokens", "block_tokens", "summary_tokens", "wrapper_tokens", "answer_tokens", "token_ratio", "token_compression")
+SUMMARY_TOKEN_TRACE_METRICS = TRACE_TOKEN_COLUMNS
 
 
 class AnalysisReport:
@@ -138,9 +138,9 @@ def _init_worker(tokenizer_name: str | None, markers: Markers, keep_last: int, s
     global _worker_tokenizer, _worker_options
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if tokenizer_name is not None:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        _worker_tokenizer = load_tokenizer(tokenizer_name, markers)
+        _worker_tokenizer = load_counting_tokenizer(tokenizer_name, markers)
     _worker_options = {"markers": markers, "keep_last": keep_last, "strict": strict}
 
 
@@ -200,9 +200,9 @@ def analyze_traces(
     columns = _Columns()
     init_args = (tokenizer, markers, keep_last, strict)
     if tokenizer is not None:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        load_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
+        load_counting_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
 
     def take(part: ChunkResult) -> None:
         done = columns.add(part)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mementokit.analysis import analyze as _analyze
+from mementokit.analysis import cscan
 from mementokit.analysis.analyze import AnalysisReport, _Columns, _init_worker, _report, analyze_traces
 from mementokit.analysis.stats import ChunkResult, measure_chunk
 from mementokit.errors import ConfigError, InputError
@@ -109,17 +110,23 @@ def analyze_source(
             reader=reader,
         )
         report = analyze_traces(records, **options)
-        report.reader = "streamed: the main process reads and decodes (json), workers parse and measure"
+        report.reader = f"streamed: the main process reads and decodes (json), workers parse and measure; {_parser()}"
     else:
         report = _analyze_parts(parts, field_map=field_map, limit=limit, skip_bad=skip_bad, stats=stats, **options)
         kinds = sorted({p.shard.fmt for p in parts})
         report.reader = (
             f"parallel: {len(parts)} part(s) ({', '.join(kinds)}), each worker reads, decodes ({JSON_DECODER}), "
-            "parses and measures its own"
+            f"parses and measures its own; {_parser()}"
         )
     report.skipped = stats.rows_skipped
     report.skipped_reasons = dict(stats.skipped_by_kind)
     return report
+
+
+def _parser() -> str:
+    if cscan.available():
+        return "parse: compiled scanner (the Python parser for traces it does not take)"
+    return "parse: Python parser (no compiled scanner: no C compiler, or MEMENTOKIT_NO_CSCAN set)"
 
 
 def _columns_for(field_map: FieldMap) -> Callable[[list[str]], tuple[str, ...] | None]:
@@ -226,9 +233,9 @@ def _analyze_parts(
     workers = workers or os.cpu_count() or 1
     init_args = (tokenizer, markers, keep_last, strict)
     if tokenizer is not None:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        load_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
+        load_counting_tokenizer(tokenizer, markers)  # fail here, clearly, before any work or worker starts
     merger = _Merger(limit, skip_bad, stats, progress)
     task = (field_map, skip_bad, limit, chunk_size)
     if limit == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -27,9 +28,9 @@ def render_trace(console: Console, record, *, max_chars: int = 600, tokenizer: s
     words = WordCounter(response)
     offsets = None
     if tokenizer:
-        from mementokit.analysis.tokens import load_tokenizer
+        from mementokit.analysis.tokens import load_counting_tokenizer
 
-        offsets = load_tokenizer(tokenizer, trace.markers).encode(response, add_special_tokens=False).offsets
+        offsets = load_counting_tokenizer(tokenizer, trace.markers).encode(response, add_special_tokens=False).offsets
 
     def tokens(a: int, b: int) -> str:
         if offsets is None:
@@ -39,8 +40,8 @@ def render_trace(console: Console, record, *, max_chars: int = 600, tokenizer: s
     title = f"{getattr(record, 'origin', '')}  domain={getattr(record, 'domain', '?')}  {len(response):,} chars"
     problem = getattr(record, "problem", None)
     if problem:
-        console.print(Panel(_clip(problem, max_chars), title="problem", title_align="left"))
-    table = Table(title=title, title_justify="left", show_lines=True, expand=True)
+        console.print(Panel(Text(_clip(problem, max_chars)), title="problem", title_align="left"))
+    table = Table(title=Text(title), title_justify="left", show_lines=True, expand=True)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("block", ratio=3)
     table.add_column("memento", ratio=2)
@@ -50,19 +51,22 @@ def render_trace(console: Console, record, *, max_chars: int = 600, tokenizer: s
         summary = summary_of.get(block.index)
         bc = block.content_end - block.content_start
         block_cell = Text(_clip(block.content(response), max_chars))
-        block_cell.append(f"\n{bc:,} chars, {words.words(block.content_start, block.content_end):,} words{tokens(block.content_start, block.content_end)}", style="dim")
+        start, end = block.content_start, block.content_end
+        block_cell.append(f"\n{bc:,} chars, {words.words(start, end):,} words{tokens(start, end)}", style="dim")
         if summary is None:
             table.add_row(str(block.index), block_cell, Text("(no memento)", style="red"), "-")
             continue
         sc = summary.content_end - summary.content_start
         summary_cell = Text(_clip(summary.content(response), max_chars))
-        summary_cell.append(f"\n{sc:,} chars, {words.words(summary.content_start, summary.content_end):,} words{tokens(summary.content_start, summary.content_end)}", style="dim")
+        start, end = summary.content_start, summary.content_end
+        summary_cell.append(f"\n{sc:,} chars, {words.words(start, end):,} words{tokens(start, end)}", style="dim")
         table.add_row(str(block.index), block_cell, summary_cell, f"{sc / bc:.3f}" if bc else "-")
     console.print(table)
     answer = trace.answer
     if answer.strip():
-        console.print(Panel(_clip(answer.strip(), max_chars), title=f"answer ({len(answer):,} chars)", title_align="left"))
+        console.print(Panel(Text(_clip(answer.strip(), max_chars)), title=f"answer ({len(answer):,} chars)",
+                            title_align="left"))
     for issue in trace.issues:
-        console.print(f"[red]problem[/] {issue}")
+        console.print(f"[red]problem[/] {escape(str(issue))}")
     if not any(s.kind is Kind.BLOCK for s in trace.segments):
         console.print("[yellow]this response has no blocks[/]")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mementokit.analysis import cscan
+from mementokit.analysis.cscan import Scan
 from mementokit.analysis.textstats import WordCounter
 from mementokit.format.compress import compress_trace
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
@@ -94,21 +96,68 @@ def trace_measurements(
     the segment its first character falls in; block and memento token counts exclude their markers.
     """
     response = trace.response
-    words = WordCounter(response)
-
-    def tokens_in(a: int, b: int) -> int:
-        return bisect_left(token_offsets, (b,)) - bisect_left(token_offsets, (a,))
-
     spans = trace.pair_spans()  # (block start, end, memento start, end) of each pair's contents
     answers = trace.answer_spans()
-    counts = words.words_many(
+    counts = WordCounter(response).words_many(
         [b for b, _, _, _ in spans] + [m for _, _, m, _ in spans] + [a for a, _ in answers],
         [e for _, e, _, _ in spans] + [f for _, _, _, f in spans] + [e for _, e in answers],
     )
     n = len(spans)
+    return _measurements(
+        len(response),
+        spans,
+        counts[:n],
+        counts[n : 2 * n],
+        answers,
+        sum(counts[2 * n :]),
+        blocks=n if trace.is_valid else sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
+        problems=len(trace.issues),
+        compressed=compressed_length(trace, keep_last, spans) if keep_last is not None else math.nan,
+        token_offsets=token_offsets,
+    )
+
+
+def scan_measurements(
+    scanned: Scan,
+    markers: Markers,
+    token_offsets: Sequence[tuple[int, int]] | None = None,
+    *,
+    keep_last: int | None = 1,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """`trace_measurements` of a canonical (hence valid) response, from the compiled scanner's output."""
+    chars, (answer_start, answer_end), answer_words, spans, block_words, summary_words = scanned
+    answers = [(answer_start, answer_end)] if answer_end > answer_start else []
+    if keep_last is None:
+        compressed: float = math.nan
+    elif keep_last < 0:
+        raise ValueError("keep_last must be >= 0")
+    else:
+        marker_chars = len(markers.block_start) + len(markers.block_end)
+        compressed = chars - sum(e - b + marker_chars for b, e, _, _ in spans[: max(0, len(spans) - keep_last)])
+    return _measurements(
+        chars, spans, block_words, summary_words, answers, answer_words if answers else 0,
+        blocks=len(spans), problems=0, compressed=compressed, token_offsets=token_offsets,
+    )  # fmt: skip
+
+
+def _measurements(
+    n_chars: int,
+    spans: Sequence[tuple[int, int, int, int]],
+    block_words_list: list[int],
+    summary_words_list: list[int],
+    answers: list[tuple[int, int]],
+    answer_words: int,
+    *,
+    blocks: int,
+    problems: int,
+    compressed: float,
+    token_offsets: Sequence[tuple[int, int]] | None,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    def tokens_in(a: int, b: int) -> int:
+        return bisect_left(token_offsets, (b,)) - bisect_left(token_offsets, (a,))
+
     block_chars_list = [e - b for b, e, _, _ in spans]
     summary_chars_list = [f - m for _, _, m, f in spans]
-    block_words_list, summary_words_list = counts[:n], counts[n : 2 * n]
     pairs: dict[str, list[float]] = {
         "block_chars": block_chars_list,
         "summary_chars": summary_chars_list,
@@ -125,13 +174,11 @@ def trace_measurements(
         pairs["token_ratio"] = [_ratio(st, bt) for st, bt in zip(summary_tokens_list, block_tokens_list)]
 
     answer_chars = sum(e - a for a, e in answers)
-    answer_words = sum(counts[2 * n :])
     block_chars, summary_chars = sum(pairs["block_chars"]), sum(pairs["summary_chars"])
     block_words, summary_words = sum(pairs["block_words"]), sum(pairs["summary_words"])
-    compressed = compressed_length(trace, keep_last, spans) if keep_last is not None else math.nan
     row: dict[str, float] = {
-        "chars": len(response),
-        "blocks": n if trace.is_valid else sum(1 for s in trace.segments if s.kind is Kind.BLOCK),
+        "chars": n_chars,
+        "blocks": blocks,
         "mementos": len(pairs["block_chars"]),
         "block_chars": block_chars,
         "summary_chars": summary_chars,
@@ -144,8 +191,8 @@ def trace_measurements(
         "median_block_chars": _median(pairs["block_chars"]),
         "median_summary_chars": _median(pairs["summary_chars"]),
         "compressed_chars": compressed,
-        "compressed_fraction": _ratio(compressed, len(response)),
-        "problems": len(trace.issues),
+        "compressed_fraction": _ratio(compressed, n_chars),
+        "problems": problems,
     }
     if token_offsets is not None:
         block_tokens, summary_tokens = sum(pairs["block_tokens"]), sum(pairs["summary_tokens"])
@@ -191,8 +238,15 @@ def measure_chunk(
     markers: Markers = DEFAULT_MARKERS,
     keep_last: int = 1,
     strict: bool = False,
+    scanner: bool | None = None,
 ) -> ChunkResult:
-    """Parse and measure a chunk of traces (one batched tokenizer call when a tokenizer is given)."""
+    """Parse and measure a chunk of traces (one batched tokenizer call when a tokenizer is given).
+
+    `scanner`: measure well-formed traces with the compiled scanner (default: when it is available); every
+    other trace, and every trace without it, goes through the parser. The numbers are the same either way.
+    """
+    use_scanner = cscan.available() if scanner is None else scanner and cscan.available()
+    scan = cscan.scan
     offsets: list | None = None
     if tokenizer is not None:
         from mementokit.analysis.tokens import token_offsets_batch
@@ -200,19 +254,26 @@ def measure_chunk(
         offsets = token_offsets_batch(tokenizer, [t.response for t in traces])
     result = ChunkResult()
     for i, item in enumerate(traces):
-        trace = parse_response(item.response, markers)
-        if strict and trace.issues:
-            from mementokit.errors import InputError
+        token_offsets = offsets[i] if offsets is not None else None
+        scanned = scan(item.response, markers) if use_scanner else None
+        if scanned is not None:  # canonical, hence valid: the parser would give the same spans
+            row, pairs = scan_measurements(scanned, markers, token_offsets, keep_last=keep_last)
+            problem_list: list[str] = []
+        else:
+            trace = parse_response(item.response, markers)
+            if strict and trace.issues:
+                from mementokit.errors import InputError
 
-            raise InputError(f"invalid trace: {trace.issues[0]}", path=item.origin or None, field="response")
-        row, pairs = trace_measurements(trace, offsets[i] if offsets is not None else None, keep_last=keep_last)
+                raise InputError(f"invalid trace: {trace.issues[0]}", path=item.origin or None, field="response")
+            row, pairs = trace_measurements(trace, token_offsets, keep_last=keep_last)
+            problem_list = sorted({issue.problem.value for issue in trace.issues})
         meta = result.meta
         meta["index"].append(item.index)
         meta["origin"].append(item.origin)
         meta["domain"].append(item.domain)
         meta["source"].append(item.source)
-        meta["valid"].append(not trace.issues)
-        meta["problem_list"].append(sorted({issue.problem.value for issue in trace.issues}))
+        meta["valid"].append(row["problems"] == 0)
+        meta["problem_list"].append(problem_list)
         for name, value in row.items():
             result.rows.setdefault(name, []).append(value)
         n_pairs = 0

@@ -114,7 +114,20 @@ candidate final consistent contradiction simplifies rewritten expressed satisfie
 
 RARE_TOKENS = ["≠", "≤", "≥", "x²", "π", "Poincaré", "Bézout", "Hölder", "→", "×", "θ", "Δ", "μm", "Å", "°C", "café"]
 
-OPENERS = ["Wait, ", "Hmm, ", "So ", "Let me ", "Now, ", "Actually, ", "But ", "Therefore, ", "Alternatively, ", "Okay, ", "Then ", "First, "]
+OPENERS = [
+    "Wait, ",
+    "Hmm, ",
+    "So ",
+    "Let me ",
+    "Now, ",
+    "Actually, ",
+    "But ",
+    "Therefore, ",
+    "Alternatively, ",
+    "Okay, ",
+    "Then ",
+    "First, ",
+]
 ENDINGS = np.array([".", ".", ".", ".", ".", "?", ":", "!"])
 
 LATEX_TEMPLATES = [
@@ -133,25 +146,89 @@ LATEX_TEMPLATES = [
     "\\( {v} \\le {n} \\)",
 ]
 UNIT_TEMPLATES = [
-    "{n} mol", "{n} K", "{n} J", "{n}.{k} eV", "{n} nm", "\\( {n} \\, \\text{{m/s}}^2 \\)", "{k}.{m} × 10^{e} C",
-    "{n} g/mL", "{n} kPa", "pH {k}.{m}", "\\( \\Delta G = -{n} \\text{{ kJ}} \\)", "{n} °C",
+    "{n} mol",
+    "{n} K",
+    "{n} J",
+    "{n}.{k} eV",
+    "{n} nm",
+    "\\( {n} \\, \\text{{m/s}}^2 \\)",
+    "{k}.{m} × 10^{e} C",
+    "{n} g/mL",
+    "{n} kPa",
+    "pH {k}.{m}",
+    "\\( \\Delta G = -{n} \\text{{ kJ}} \\)",
+    "{n} °C",
 ]
-INLINE_CODE_TEMPLATES = ["`{a}`", "`len({a})`", "`{a}[{i}]`", "`range({n})`", "`{a} % {k}`", "`O(n log n)`", "`{f}({a})`", "`None`", "`{a}[::-1]`"]
+INLINE_CODE_TEMPLATES = [
+    "`{a}`",
+    "`len({a})`",
+    "`{a}[{i}]`",
+    "`range({n})`",
+    "`{a} % {k}`",
+    "`O(n log n)`",
+    "`{f}({a})`",
+    "`None`",
+    "`{a}[::-1]`",
+]
 CODE_LINE_TEMPLATES = [
-    "def {f}({a}, {b}):", "    {a} = {n}", "    for {i} in range({n}):", "        {a} += {b}[{i}]", "    return {a}",
-    "if {a} % {k} == 0:", "    print({a})", "{a} = [{i} * {i} for {i} in range({n})]", "while {a} > {n}:",
-    "    {a} //= {k}", "{a} = sorted({b}, key=lambda x: -x)", "import sys", "{a} = int(input())", "print(sum({b}))",
-    "{f} = lambda {a}: {a} * {n}", "memo = {{}}", "    if {a} in memo: return memo[{a}]", "{b} = input().split()",
-    "    {b}.append({a})", "{a}, {b} = {b}, {a} + {b}",
+    "def {f}({a}, {b}):",
+    "    {a} = {n}",
+    "    for {i} in range({n}):",
+    "        {a} += {b}[{i}]",
+    "    return {a}",
+    "if {a} % {k} == 0:",
+    "    print({a})",
+    "{a} = [{i} * {i} for {i} in range({n})]",
+    "while {a} > {n}:",
+    "    {a} //= {k}",
+    "{a} = sorted({b}, key=lambda x: -x)",
+    "import sys",
+    "{a} = int(input())",
+    "print(sum({b}))",
+    "{f} = lambda {a}: {a} * {n}",
+    "memo = {{}}",
+    "    if {a} in memo: return memo[{a}]",
+    "{b} = input().split()",
+    "    {b}.append({a})",
+    "{a}, {b} = {b}, {a} + {b}",
 ]
 VARIABLES = list("xyzabcnmkrst")
-IDENTIFIERS = ["s", "n", "arr", "dp", "total", "count", "res", "left", "right", "mid", "nums", "word", "grid", "seen", "ans"]
+IDENTIFIERS = [
+    "s",
+    "n",
+    "arr",
+    "dp",
+    "total",
+    "count",
+    "res",
+    "left",
+    "right",
+    "mid",
+    "nums",
+    "word",
+    "grid",
+    "seen",
+    "ans",
+]
 FUNCTIONS = ["solve", "f", "helper", "count_ways", "check", "dfs", "gcd", "main", "is_prime", "g"]
 
 PROBLEM_CLOSERS = {
-    "math": ["Find the remainder when the result is divided by 1000.", "Find \\( m + n \\).", "What is the largest possible value?", "Compute the sum of all such integers."],
-    "code": ["Write the shortest program that does this. Input: one integer n. Output: the answer.", "Return the answer as a list.", "Your code must run in O(n log n) time."],
-    "science": ["Which of the following is correct? (A) increases (B) decreases (C) unchanged (D) cannot be determined", "Give the answer in SI units.", "What is the expected ratio?"],
+    "math": [
+        "Find the remainder when the result is divided by 1000.",
+        "Find \\( m + n \\).",
+        "What is the largest possible value?",
+        "Compute the sum of all such integers.",
+    ],
+    "code": [
+        "Write the shortest program that does this. Input: one integer n. Output: the answer.",
+        "Return the answer as a list.",
+        "Your code must run in O(n log n) time.",
+    ],
+    "science": [
+        "Which of the following is correct? (A) increases (B) decreases (C) unchanged (D) cannot be determined",
+        "Give the answer in SI units.",
+        "What is the expected ratio?",
+    ],
 }
 
 
@@ -178,9 +255,17 @@ class _Filler:
         for j in range(count):
             out.append(
                 templates[chosen[j]].format(
-                    v=VARIABLES[var[j, 0]], w=VARIABLES[var[j, 1]], n=ints[j, 0], m=ints[j, 1], p=ints[j, 2],
-                    k=small[j, 0], e=small[j, 1], a=IDENTIFIERS[ident[j, 0]], b=IDENTIFIERS[ident[j, 1]],
-                    i=IDENTIFIERS[ident[j, 2]][0], f=FUNCTIONS[func[j]],
+                    v=VARIABLES[var[j, 0]],
+                    w=VARIABLES[var[j, 1]],
+                    n=ints[j, 0],
+                    m=ints[j, 1],
+                    p=ints[j, 2],
+                    k=small[j, 0],
+                    e=small[j, 1],
+                    a=IDENTIFIERS[ident[j, 0]],
+                    b=IDENTIFIERS[ident[j, 1]],
+                    i=IDENTIFIERS[ident[j, 2]][0],
+                    f=FUNCTIONS[func[j]],
                 )
             )
         return out
@@ -261,12 +346,22 @@ def _domain_text(seed: int) -> dict[str, _DomainText]:
     inline_code = fill(INLINE_CODE_TEMPLATES, 300)
     texts = {}
     for domain, words in DOMAIN_WORDS.items():
-        specials = {"math": [(latex, 0.08)], "code": [(inline_code, 0.06), (latex, 0.01)], "science": [(units, 0.05), (latex, 0.02)]}[domain]
+        specials = {
+            "math": [(latex, 0.08)],
+            "code": [(inline_code, 0.06), (latex, 0.01)],
+            "science": [(units, 0.05), (latex, 0.02)],
+        }[domain]
         specials.append((RARE_TOKENS, 0.001))
         prose_words = COMMON_WORDS[:40] + words[:20] + COMMON_WORDS[40:] + words[20:]
         memento_words = MEMENTO_WORDS[:20] + words + MEMENTO_WORDS[20:] + COMMON_WORDS[:25]
         block_sentences = _make_sentences(
-            rng, 4000, prose_words, specials, words_median=16, opener_p=0.3, comma_p=0.5,
+            rng,
+            4000,
+            prose_words,
+            specials,
+            words_median=16,
+            opener_p=0.3,
+            comma_p=0.5,
             separators=([" ", "\n", "\n\n"], [0.78, 0.12, 0.10]),
         )
         snippets: list[str] = []
@@ -283,7 +378,13 @@ def _domain_text(seed: int) -> dict[str, _DomainText]:
             # Display equations on their own lines.
             block_sentences += ["\n\\[\n" + expr[3:-3] + "\n\\]\n" for expr in latex[:300]]
         memento_sentences = _make_sentences(
-            rng, 3000, memento_words, [(group, share * 1.5) for group, share in specials], words_median=13, opener_p=0.0, comma_p=0.6,
+            rng,
+            3000,
+            memento_words,
+            [(group, share * 1.5) for group, share in specials],
+            words_median=13,
+            opener_p=0.0,
+            comma_p=0.6,
             separators=([" ", "; ", "\n"], [0.85, 0.1, 0.05]),
         )
         texts[domain] = _DomainText(_SentencePool.of(block_sentences), _SentencePool.of(memento_sentences), snippets)
@@ -330,7 +431,9 @@ def _synthetic_row(rng: np.random.Generator, domain: str, text: _DomainText) -> 
     """One synthetic trace of `domain` (see the module docstring for the distributions)."""
     shape = DOMAINS[domain]
     n_blocks = int(_lognormal_int(rng, shape.median_blocks, shape.blocks_sigma, 1, MIN_BLOCKS, MAX_BLOCKS)[0])
-    block_sizes = _lognormal_int(rng, shape.median_block_chars, shape.block_chars_sigma, n_blocks, MIN_BLOCK_CHARS, MAX_BLOCK_CHARS)
+    block_sizes = _lognormal_int(
+        rng, shape.median_block_chars, shape.block_chars_sigma, n_blocks, MIN_BLOCK_CHARS, MAX_BLOCK_CHARS
+    )
     ratios = rng.lognormal(np.log(shape.median_ratio), shape.ratio_sigma, n_blocks)
     memento_sizes = np.clip(np.rint(block_sizes * ratios), MIN_MEMENTO_CHARS, MAX_MEMENTO_CHARS).astype(np.int64)
     blocks = [
@@ -339,7 +442,11 @@ def _synthetic_row(rng: np.random.Generator, domain: str, text: _DomainText) -> 
     ]
     mementos = [_text_of_length(rng, text.memento, int(size)) for size in memento_sizes]
     answer = "\n\n" + _answer(rng, domain, text)
-    problem = _text_of_length(rng, text.memento, int(rng.lognormal(np.log(350), 0.5))) + " " + PROBLEM_CLOSERS[domain][int(rng.integers(len(PROBLEM_CLOSERS[domain])))]
+    problem = (
+        _text_of_length(rng, text.memento, int(rng.lognormal(np.log(350), 0.5)))
+        + " "
+        + PROBLEM_CLOSERS[domain][int(rng.integers(len(PROBLEM_CLOSERS[domain])))]
+    )
     difficulty = int(np.clip(np.rint(1 + n_blocks / 2 + rng.normal(0, 1.5)), 1, 10))
     return {
         "problem": problem,
@@ -382,7 +489,9 @@ def _rows(n: int, seed: int) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ files
 
 
-def write_synthetic_jsonl(path: str | os.PathLike, n: int, seed: int = 0, *, progress: Callable[[int], None] | None = None) -> int:
+def write_synthetic_jsonl(
+    path: str | os.PathLike, n: int, seed: int = 0, *, progress: Callable[[int], None] | None = None
+) -> int:
     """Write `synthetic_rows(n, seed)` as JSON lines (UTF-8) to `path`, atomically; returns the row count.
 
     `progress` is called with the number of rows written since its last call.
@@ -404,7 +513,12 @@ def real_sample_row(fixture_path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def build_sample(out_path: str | os.PathLike, fixture_path: str | os.PathLike, n_synthetic: int = SAMPLE_N_SYNTHETIC, seed: int = SAMPLE_SEED) -> int:
+def build_sample(
+    out_path: str | os.PathLike,
+    fixture_path: str | os.PathLike,
+    n_synthetic: int = SAMPLE_N_SYNTHETIC,
+    seed: int = SAMPLE_SEED,
+) -> int:
     """The sample shipped in the package: the real fixture trace first, then `n_synthetic` synthetic rows.
 
     Written atomically; returns the number of rows.
@@ -421,9 +535,9 @@ def sample_license_text(upstream_license: str, n_synthetic: int = SAMPLE_N_SYNTH
         "Row 1 is a real Memento trace generated by Qwen3-32B for AIME 2025 Problem 5, taken from the\n"
         "microsoft/memento repository (file memento_trace_aime2025_p5.json, its `segments` joined into one\n"
         "response string by mementokit.format.response_from_segments). It is used under the MIT license of\n"
-        "microsoft/memento, reproduced below. Its row has \"synthetic\": false and source\n"
-        f"\"{SAMPLE_REAL_SOURCE}\".\n\n"
-        f"Rows 2 to {n_synthetic + 1} are synthetic (\"synthetic\": true, source \"synthetic\"): generated by\n"
+        'microsoft/memento, reproduced below. Its row has "synthetic": false and source\n'
+        f'"{SAMPLE_REAL_SOURCE}".\n\n'
+        f'Rows 2 to {n_synthetic + 1} are synthetic ("synthetic": true, source "synthetic"): generated by\n'
         f"mementokit.analysis.synth (seed {seed}) to follow the published OpenMementos statistics. They are\n"
         "random text, not model output, and are part of mementokit (MIT).\n\n"
         "Regenerate both files with: python -m mementokit.analysis.synth --rebuild-sample\n\n"

@@ -7,7 +7,6 @@ the segment its first character falls in, which costs one batched `tokenizers` c
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from mementokit.format.markers import DEFAULT_MARKERS, Markers
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def load_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
+def load_counting_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
     """A `tokenizers.Tokenizer` with the four block markers (and the think markers) as special tokens.
 
     Accepts a tokenizer.json file, a local directory, or a hub name (resolved by transformers; offline
@@ -26,7 +25,7 @@ def load_tokenizer(name_or_path: str, markers: Markers = DEFAULT_MARKERS):
     """
     from tokenizers import AddedToken, Tokenizer
 
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
 
     path = Path(name_or_path)
     if path.is_file():
@@ -57,8 +56,3 @@ def token_offsets_batch(tokenizer, texts: Sequence[str]) -> list[list[tuple[int,
     except TypeError:  # a lone surrogate (a JSON "\ud800") is no UTF-8: U+FFFD keeps every offset in place
         encodings = tokenizer.encode_batch([_SURROGATE.sub("\ufffd", t) for t in texts], add_special_tokens=False)
     return [enc.offsets for enc in encodings]
-
-
-def disable_tokenizer_threads() -> None:
-    """In worker processes, let processes (not Rust threads) share the cores."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"

@@ -8,12 +8,12 @@ never a silent mismatch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mementokit.blocks.config import BlockMaskingConfig
 from mementokit.errors import ConfigError
+from mementokit.format.markers import DEFAULT_MARKERS
 
-THINK_END = "</think>"
+THINK_END = DEFAULT_MARKERS.think_end
 _BLOCK_MARKER_FIELDS = ("block_start_token", "block_end_token", "summary_start_token", "summary_end_token")
 
 
@@ -92,20 +92,6 @@ def resolve_marker_ids(tokenizer, config: BlockMaskingConfig | None = None) -> M
         im_start=single_token_id(tokenizer, config.im_start_token),
         assistant=single_token_id(tokenizer, config.assistant_token),
     )
-
-
-def load_hf_tokenizer(name_or_path: str | Path):
-    """A Hugging Face tokenizer from a local folder (or a hub name, where the hub can be reached).
-
-    Whatever goes wrong (no such folder, no tokenizer files, no network) becomes one ConfigError line.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, HTTP and JSON errors alike
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load tokenizer '{name_or_path}': {first_line}") from None
 
 
 def add_block_markers(tokenizer, config: BlockMaskingConfig | None = None) -> int:

@@ -13,7 +13,10 @@ from mementokit.errors import MementoError
 
 distill_app = typer.Typer(
     name="distill",
-    help="Memory distillation: agent memory snapshots -> teacher logprobs -> cartridges parquet -> a student.",
+    help="Memory distillation: agent memory snapshots -> teacher logprobs -> cartridges parquet -> a student.\n\n"
+    "Examples:\n\n"
+    "memento distill prompts ep_000200 --strategy rolling_window --window 6 --out prompts.jsonl\n\n"
+    "memento distill generate ep_000200 --model teacher --base-url http://127.0.0.1:8000/v1 --out gen/",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -151,6 +154,8 @@ def _generate_settings(config: Path | None, given: dict):
 def _print_generate(report: dict, json_out: bool) -> None:
     if json_out:
         stdout.print_json(json.dumps(report))
+    for name in report["config"]["ignored_settings"]:
+        stderr.print(f"[yellow]note:[/] setting '{name}' is not supported here and was ignored", highlight=False)
     run = report["this_run"]
     llm = run["llm"]
     stderr.print(f"{report['finished']}/{report['samples']} samples in {report['out']} (this run: {run['done']} "
@@ -201,7 +206,8 @@ def convert_command(
 
 @distill_app.command("inspect")
 def inspect_command(
-    dataset: Annotated[Path, typer.Argument(metavar="DATASET.parquet", show_default=False)],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET.parquet", show_default=False,
+                                         help="The cartridges parquet (`memento distill convert`).")],
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", "-t", help="Decode ids (default: show ids).",
                                                      show_default=False)] = None,
     example: Annotated[int, typer.Option("--example", min=0, help="Which conversation to render.")] = 0,
@@ -212,8 +218,8 @@ def inspect_command(
 
     Example: memento distill inspect d.parquet --tokenizer ./teacher --example 3
     """
-    from mementokit.blocks.tokens import load_hf_tokenizer
     from mementokit.distill import inspect_dataset
+    from mementokit.hf import load_hf_tokenizer
 
     loaded = load_hf_tokenizer(tokenizer) if tokenizer else None
     report = inspect_dataset(dataset, example=example, tokens=tokens, tokenizer=loaded)
@@ -236,13 +242,16 @@ def inspect_command(
 
 @distill_app.command("train")
 def train_command(
-    dataset: Annotated[Path, typer.Argument(metavar="DATASET.parquet", show_default=False)],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET.parquet", show_default=False,
+                                         help="The cartridges parquet (`memento distill convert`).")],
     model: Annotated[str, typer.Option("--model", help="The student (folder or hub name).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (final/, log.jsonl).", show_default=False)],
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help="Default: the student's.",
                                                      show_default=False)] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, show_default=False)] = None,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.0)] = 1.0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, show_default=False,
+                                                  help="Optimizer steps (default: --epochs over the data).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.0,
+                                             help="Passes over the data (ignored with --max-steps).")] = 1.0,
     grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Conversations per step.")] = 1,
     learning_rate: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-5,
     device: Annotated[str | None, typer.Option("--device", help="cpu / cuda (default: cuda when there).",

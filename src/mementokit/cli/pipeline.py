@@ -22,7 +22,9 @@ from mementokit.errors import ConfigError, InputError
 pipeline_app = typer.Typer(
     name="pipeline",
     help="CoT-to-Memento data pipeline (select, split, score, segment, summarize, assemble, export) with any "
-    "OpenAI-compatible LLM.",
+    "OpenAI-compatible LLM.\n\nExamples:\n\n"
+    "memento pipeline run tests/data/raw_cot_openthoughts3.jsonl --out out/ --model my-model --dry-run\n\n"
+    "memento pipeline run traces.jsonl --out out/ --model my-model --base-url http://localhost:8000/v1",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -60,26 +62,26 @@ OPTIONS = {
         _opt("timeout", float, 300.0, min=1.0, help="Seconds per LLM call."),
         _opt("max_retries", int, 6, min=0, help="Retries per call (429, 5xx, timeouts, malformed replies)."),
         _opt("abort_after", int, 8, min=0, help="Stop when the first N attempts all fail alike (401, 404, refused)."),
-        _opt("temperature", float, 0.0, min=0.0),
+        _opt("temperature", float, 0.0, min=0.0, help="Sampling temperature of the LLM calls (0: greedy)."),
         _opt("tokenizer", str, "estimate", help="tokenizer.json / folder, or 'estimate' (chars/4). Never downloads."),
         _opt("traces_in_flight", int, 4, min=1, help="Traces in flight at once (per task)."),
         _opt("limit", OPTIONAL_INT, None, min=0, help="Traces of this shard to consider."),
         _opt("shard", str, "0/1", help="i/N: this task's share of the input, or 'env' (MEMENTO_SHARD, Slurm array)."),
         _opt("min_sentence_tokens", int, 5, min=0, help="Fragments shorter than this merge."),
-        _opt("min_block_tokens", int, 200, min=0),
-        _opt("max_block_tokens", OPTIONAL_INT, None, min=1),
-        _opt("variance_penalty", float, 0.5, min=0.0),
+        _opt("min_block_tokens", int, 200, min=0, help="Segmentation: every block at least this many tokens."),
+        _opt("max_block_tokens", OPTIONAL_INT, None, min=1, help="Segmentation: no block over this many tokens."),
+        _opt("variance_penalty", float, 0.5, min=0.0, help="Weight of the block-size std/mean in the objective."),
         _opt("window", int, 32, min=1, help="Boundaries per scoring call."),
         _opt("second_window", OPTIONAL_INT, None, min=1, help="Second scoring pass with this (coprime) window."),
         _opt("rounds", int, 2, min=1, help="Judge rounds per block at most."),
-        _opt("pass_score", float, 8.0, min=0.0, max=10.0),
+        _opt("pass_score", float, 8.0, min=0.0, max=10.0, help="Judge score (0-10) a memento needs to pass."),
         _opt("drop_cjk", bool, False, help="Skip traces with CJK characters."),
-        _opt("min_chars", int, 0, min=0),
-        _opt("max_chars", OPTIONAL_INT, None, min=1),
+        _opt("min_chars", int, 0, min=0, help="Skip traces with fewer characters of reasoning."),
+        _opt("max_chars", OPTIONAL_INT, None, min=1, help="Skip traces with more characters of reasoning."),
         _opt("allow_incomplete", bool, False, help="Keep traces without a complete <think>...</think>."),
         _opt("stratify_by", OPTIONAL_STR, None, help="Comma-separated fields, e.g. domain,source."),
         _opt("per_stratum", OPTIONAL_INT, None, min=1, help="Rows sampled per stratum (seeded)."),
-        _opt("seed", int, 0),
+        _opt("seed", int, 0, help="Seed of the per-stratum sampling."),
         _opt("field", OPTIONAL_LIST, None, "--field", help="NAME=COLUMN, e.g. response=full_cot (repeatable)."),
         _opt("price_prompt", float, 0.0, min=0.0, help="USD per million prompt tokens (cost display)."),
         _opt("price_completion", float, 0.0, min=0.0, help="USD per million completion tokens."),
@@ -476,7 +478,12 @@ def export_command(out_dir: Path, **kw: Any) -> None:
     from mementokit.pipeline.export import export_dataset
 
     s = export_dataset(out_dir, kw["to"], rows_per_file=kw["rows_per_file"])
-    _done(kw["json_out"], s, f"{s['rows']} traces -> {s['out']} (configs default and full, {s['card']})")
+    note = (
+        f"; {s['difficulty_not_an_integer']} difficulties not integers, written as null"
+        if s["difficulty_not_an_integer"]
+        else ""
+    )
+    _done(kw["json_out"], s, f"{s['rows']} traces -> {s['out']} (configs default and full, {s['card']}){note}")
 
 
 def register(app: typer.Typer) -> None:

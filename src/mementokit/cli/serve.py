@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mementokit.cli.console import stderr
-from mementokit.cli.generation import DEFAULT_BLOCK_MASKING, DeviceOpt, DtypeOpt, load_block_masking_config
+from mementokit.cli.options import DEFAULT_BLOCK_MASKING, DeviceOpt, DtypeOpt, load_block_masking_config
 
 EXAMPLE = """Example:
 

@@ -132,6 +132,9 @@ def _assistant_arrays(message: dict[str, Any], mapper: TokenMapper | None, where
     k = max(len(r.get("top_logprobs") or []) for r in rows)
     if k == 0:
         raise where("logprobs.content[0].top_logprobs").with_reason("no top_logprobs: generate with --top-logprobs")
+    fast = _exact_arrays(message, rows, k)
+    if fast is not None:
+        return (*fast, False)
     dense_lp = np.full((len(rows), k), -np.inf, dtype=np.float64)
     dense_id = np.full((len(rows), k), -1, dtype=np.int64)
     mapped = False
@@ -162,6 +165,23 @@ def _assistant_arrays(message: dict[str, Any], mapper: TokenMapper | None, where
             dense_lp[i, j] = lp
             dense_id[i, j] = id_of(top, f"logprobs.content[{i}].top_logprobs[{j}]")
     return ids, dense_lp, dense_id, mapped
+
+
+def _exact_arrays(message: dict[str, Any], rows: list[dict[str, Any]], k: int):
+    """The common case in one vectorised pass: the server's ids everywhere and k entries per row. None when the
+    message needs the entry-by-entry path (which also names the entry at fault)."""
+    chosen = message.get("token_ids")
+    try:
+        if chosen is None or len(chosen) != len(rows) or any(len(r["top_logprobs"]) != k for r in rows):
+            return None
+        dense_lp = np.array([[t["logprob"] for t in r["top_logprobs"]] for r in rows], dtype=np.float64)  # [T, K]
+        dense_id = np.array([[t["token_id"] for t in r["top_logprobs"]] for r in rows], dtype=np.int64)  # [T, K]
+        ids = [int(i) for i in chosen]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if np.isnan(dense_lp).any():
+        return None
+    return ids, dense_lp, dense_id
 
 
 class _Where:
@@ -372,7 +392,7 @@ def convert(source: str | Path, tokenizer, out: str | Path, *, min_prob_mass: fl
     content and checks the ids; it maps token strings only when the server gave no ids.
     """
     if isinstance(tokenizer, (str, Path)):
-        from mementokit.blocks.tokens import load_hf_tokenizer
+        from mementokit.hf import load_hf_tokenizer
 
         tokenizer = load_hf_tokenizer(tokenizer)
     if not 0.0 < min_prob_mass <= 1.0:

@@ -17,6 +17,8 @@ the arguments.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -30,9 +32,18 @@ from mementokit.errors import ConfigError, InputError
 from mementokit.jsonl import write_json_atomic
 
 INTERMEDIATE = "results.jsonl"
+SETTINGS = "settings.json"  # what the rows of an output folder were made with: a rerun must match it
+# The settings that change what a row holds (not how fast it is made, nor how many samples are taken).
+ROW_SETTINGS = ("model", "strategy", "window", "types", "max_entries", "top_logprobs", "temperature", "max_tokens",
+                "id_source", "metadata")
 ROW_TYPE = "memory_distillation"
 # The seed's example_gen.yaml names some settings differently.
-CONFIG_ALIASES = {"lm_model": "model", "output_dir": "out", "concurrency": "max_concurrency"}
+CONFIG_ALIASES = {"lm_model": "model", "output_dir": "out", "concurrency": "max_concurrency", "num_threads":
+                  "max_concurrency", "lm_base_url": "base_url", "lm_temperature": "temperature",
+                  "lm_max_output_tokens": "max_tokens", "system_prompt_override": "system_prompt"}
+# Settings of the seed's file that have no meaning here: accepted, listed in the report, not acted on.
+CONFIG_IGNORED = ("hf_repo_id", "hf_private")
+_FILE_REFERENCE = re.compile(r"^\{file:(.+)\}$")  # the seed's "{file:path}" form of system_prompt_override
 
 
 @dataclass
@@ -59,6 +70,7 @@ class GenerateConfig:
     skip_bad: bool = False
     output_format: str = "jsonl"
     metadata: dict[str, Any] = field(default_factory=dict)
+    ignored_settings: list[str] = field(default_factory=list)  # the seed's settings with no meaning here
 
     def check(self) -> None:
         if self.top_logprobs < 1:
@@ -95,14 +107,7 @@ def load_config(path: str | Path, **overrides: Any) -> GenerateConfig:
                          line=mark.line + 1 if mark else None) from None
     if not isinstance(data, dict):
         raise InputError("expected a mapping of settings", path=str(path))
-    known = {f.name for f in fields(GenerateConfig)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        name = CONFIG_ALIASES.get(key, key)
-        if name not in known:
-            raise InputError(f"unknown setting (known: {', '.join(sorted(known | set(CONFIG_ALIASES)))})",
-                             path=str(path), field=key)
-        values[name] = value
+    values = _config_values(data, path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     missing = [name for name in ("checkpoint_dir", "model", "out") if values.get(name) is None]
     if missing:
@@ -110,6 +115,35 @@ def load_config(path: str | Path, **overrides: Any) -> GenerateConfig:
     if isinstance(values.get("types"), str):
         values["types"] = [t.strip() for t in values["types"].split(",") if t.strip()]
     return GenerateConfig(**values)
+
+
+def _config_values(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file's settings under GenerateConfig's names (the seed's names and shapes accepted)."""
+    known = {f.name for f in fields(GenerateConfig)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in CONFIG_IGNORED:
+            values.setdefault("ignored_settings", []).append(key)
+            continue
+        if key == "agent_type":
+            if value not in ("history_agent", "HistoryAgent"):
+                raise InputError(f"only history_agent checkpoints are supported, got {value!r}", path=str(path),
+                                 field=key)
+            continue
+        name = CONFIG_ALIASES.get(key, key)
+        if name not in known:
+            raise InputError(f"unknown setting (known: {', '.join(sorted(known | set(CONFIG_ALIASES)))})",
+                             path=str(path), field=key)
+        if name == "strategy" and isinstance(value, dict):  # the seed's {name: ..., window_k: ...}
+            if "window_k" in value:
+                values["window"] = value["window_k"]
+            value = value.get("name")
+        if name == "system_prompt" and isinstance(value, str) and (match := _FILE_REFERENCE.match(value)):
+            value = str(Path(match.group(1)).expanduser())  # a file: resolve_system_prompt reads it
+            if not Path(value).is_file():
+                raise InputError(f"no such system prompt file {value!r}", path=str(path), field=key)
+        values[name] = value
+    return values
 
 
 def _llm_config(config: GenerateConfig):
@@ -153,6 +187,7 @@ async def generate_async(config: GenerateConfig, *, on_progress: Callable[[int, 
     checkpoint = load_checkpoint(config.checkpoint_dir, system_prompt=config.system_prompt,
                                  skip_bad=config.skip_bad, on_bad=on_bad)
     prompts = list(iter_prompts(checkpoint, config.prompt_options()))
+    _check_settings(Path(config.out), config, checkpoint)
     client = LLMClient(_llm_config(config))
     total = len(prompts)
 
@@ -178,6 +213,24 @@ async def generate_async(config: GenerateConfig, *, on_progress: Callable[[int, 
     }
     write_json_atomic(Path(config.out) / "report.json", report)
     return report
+
+
+def _check_settings(out: Path, config: GenerateConfig, checkpoint) -> None:
+    """Refuse to resume an output folder made with other settings: finished samples would be kept as they are
+    and the file would mix two datasets."""
+    settings = {name: getattr(config, name) for name in ROW_SETTINGS}
+    settings.update(checkpoint=str(checkpoint.folder.resolve()), snapshot=checkpoint.snapshot.name,
+                    system_prompt=checkpoint.system_prompt)
+    settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
+    path = out / SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ConfigError(f"{out} holds samples generated with other settings ({', '.join(changed)} differ): "
+                              "choose another --out, or rerun with the same settings to resume")
+    else:
+        write_json_atomic(path, settings)
 
 
 def generate(config: GenerateConfig, **kwargs: Any) -> dict[str, Any]:

@@ -51,16 +51,11 @@ class DistillTrainConfig:
     attn_implementation: str = "sdpa"
 
     def validate(self) -> None:
-        from mementokit.sft.train import SCHEDULERS
+        from mementokit.sft.train import validate_schedule
 
-        if self.grad_accum < 1 or self.log_steps < 1:
-            raise ConfigError("grad_accum and log_steps must be at least 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise ConfigError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.log_steps < 1:
+            raise ConfigError("log_steps must be at least 1")
+        validate_schedule(self)
 
 
 @dataclass
@@ -155,7 +150,7 @@ class DistillTrainResult:
 def train_student(config: DistillTrainConfig, *, on_step: Callable[[int, int], None] | None = None,
                   on_log: Callable[[dict[str, Any]], None] | None = None) -> DistillTrainResult:
     """Train the student on the parquet; saves out/final (model + tokenizer) and out/log.jsonl."""
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
     from mementokit.sft.train import _load_model, _optimizer, _resolve_device, lr_lambda, step_indices
 
     config.validate()

@@ -23,7 +23,7 @@ from mementokit.generate.generator import (
     GenerationStream,
     TokenEvent,
 )
-from mementokit.generate.replay import ReplayResult, dense_reference_logits, replay
+from mementokit.generate.replay import ReplayResult, dense_reference_logits, replay, replay_traces, tokenize_traces
 from mementokit.generate.sampling import RowSampler, SamplingParams, filter_logits
 from mementokit.generate.stats import CacheStats, EvictionRecord
 
@@ -51,4 +51,6 @@ __all__ = [
     "filter_logits",
     "load_block_masking",
     "replay",
+    "replay_traces",
+    "tokenize_traces",
 ]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mementokit.blocks.masks import allowed_tensor, model_attention_mask, model_mask_layout
 from mementokit.generate.cache import PhysicalKVCache
 
 
@@ -47,66 +48,16 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-@dataclass(frozen=True)
-class Hide:
-    """Keys with logical position in [start, stop) are invisible to queries at position >= trigger."""
-
-    start: int
-    stop: int
-    trigger: int
-
-
 def plan_masks(model, *, force_explicit: bool = False) -> MaskPlan:
-    config = model.config.get_text_config(decoder=True)
-    layer_types = getattr(config, "layer_types", None)
-    window = getattr(config, "sliding_window", None)
-    if layer_types is not None:
-        layer_types = tuple(dict.fromkeys(layer_types))
-        has_sliding = "sliding_attention" in layer_types
-        if not has_sliding:
-            window = None
-    else:
-        has_sliding = window is not None
-    return MaskPlan(explicit=force_explicit or has_sliding, layer_types=layer_types,
-                    sliding_window=window if has_sliding else None, cache_argument=cache_argument(model))
-
-
-def allowed_matrix(
-    query_positions: torch.Tensor,  # [B, q] long
-    key_positions: torch.Tensor,  # [B, K] long
-    key_valid: torch.Tensor,  # [B, K] bool
-    hides: list[list[Hide]] | None = None,
-) -> torch.Tensor:
-    """[B, q, K] bool: query may attend key (causal over logical positions, padding and hidden spans removed)."""
-    allowed = key_valid[:, None, :] & (key_positions[:, None, :] <= query_positions[:, :, None])
-    if hides:
-        for row, row_hides in enumerate(hides):
-            for hide in row_hides:
-                in_span = (key_positions[row] >= hide.start) & (key_positions[row] < hide.stop)  # [K]
-                late = query_positions[row] >= hide.trigger  # [q]
-                allowed[row] &= ~(late[:, None] & in_span[None, :])
-    return allowed
-
-
-def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, q, K] bool -> [B, 1, q, K] additive mask (0 where allowed, the dtype's minimum elsewhere)."""
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    layer_types, window = model_mask_layout(model)
+    return MaskPlan(explicit=force_explicit or window is not None, layer_types=layer_types, sliding_window=window,
+                    cache_argument=cache_argument(model))
 
 
 def explicit_masks(plan: MaskPlan, allowed: torch.Tensor, query_positions, key_positions, dtype):
-    """The attention_mask argument for `plan`: one 4-D tensor, or a dict per layer type."""
-    windowed = allowed
-    if plan.sliding_window is not None:
-        distance = query_positions[:, :, None] - key_positions[:, None, :]  # [B, q, K]
-        windowed = allowed & (distance < plan.sliding_window)
-    if plan.layer_types is None:
-        return additive(windowed, dtype)
-    masks = {}
-    for layer_type in plan.layer_types:
-        masks[layer_type] = additive(windowed if layer_type == "sliding_attention" else allowed, dtype)
-    return masks
+    """The attention_mask argument for `plan`: one 4-D tensor, or a dict per layer type (blocks.masks builds it)."""
+    return model_attention_mask(allowed, query_positions, key_positions, layer_types=plan.layer_types,
+                                sliding_window=plan.sliding_window, dtype=dtype)
 
 
 def forward(
@@ -116,10 +67,13 @@ def forward(
     input_ids: torch.Tensor,  # [B, q]
     query_positions: list[list[int]],  # B lists of q logical positions
     *,
-    hides: list[list[Hide]] | None = None,
+    hides: list[list] | None = None,
     logits_to_keep: int = 1,
 ) -> torch.Tensor:
-    """Run the model on `input_ids` appended to `kv`; returns logits [B, logits_to_keep or q, V] in fp32."""
+    """Run the model on `input_ids` appended to `kv`; returns logits [B, logits_to_keep or q, V] in fp32.
+
+    hides: per row, evictions (or (key_start, key_stop, trigger) rectangles) whose keys are hidden from the
+    queries at or after their trigger within this call (a chunk in which keys disappear part-way)."""
     device = input_ids.device
     position_ids = torch.tensor(query_positions, dtype=torch.long, device=device)  # [B, q]
     any_hides = bool(hides) and any(hides)
@@ -131,7 +85,7 @@ def forward(
             past_valid = torch.ones_like(past_positions, dtype=torch.bool)
         key_positions = torch.cat([past_positions, position_ids], dim=1)  # [B, L + q]
         key_valid = torch.cat([past_valid, torch.ones_like(position_ids, dtype=torch.bool)], dim=1)
-        allowed = allowed_matrix(position_ids, key_positions, key_valid, hides if any_hides else None)
+        allowed = allowed_tensor(position_ids, key_positions, key_valid, hides if any_hides else None)
         dtype = model.get_input_embeddings().weight.dtype
         attention_mask = explicit_masks(plan, allowed, position_ids, key_positions, dtype)
     else:

@@ -14,7 +14,7 @@ import torch
 
 from mementokit.blocks import BlockMaskingConfig, BlockStateMachine, Eviction, MarkerIds, resolve_marker_ids
 from mementokit.errors import ConfigError, InputError
-from mementokit.generate.attention import Hide, MaskPlan, forward, plan_masks
+from mementokit.generate.attention import MaskPlan, forward, plan_masks
 from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.stats import EvictionRecord
 
@@ -156,7 +156,7 @@ class EvictingRunner:
             due = [e for e in pending if e.at < chunk_start]
             records += self._remove(kv, 0, due)
             pending = [e for e in pending if e.at >= chunk_start]
-            hides = [Hide(e.key_start, e.key_stop, e.trigger) for e in pending if e.trigger < chunk_stop]
+            hides = [e for e in pending if e.trigger < chunk_stop]
             ids = torch.tensor([token_ids[chunk_start:chunk_stop]], dtype=torch.long, device=self.device)
             keep = chunk_stop - chunk_start if keep_all_logits else 1
             logits = forward(self.model, kv, self.plan, ids, [list(range(chunk_start, chunk_stop))],
@@ -206,8 +206,7 @@ class EvictingRunner:
         chunk_positions = [p for p in kv.positions[0] if recompute_from <= p < position] + [position]
         kv.evict(0, recompute_from, position)
         ids = torch.tensor([[token_ids[p] for p in chunk_positions]], dtype=torch.long, device=self.device)
-        hides = [Hide(e.key_start, e.key_stop, e.trigger) for e in evictions]
-        logits = forward(self.model, kv, self.plan, ids, [chunk_positions], hides=[hides])
+        logits = forward(self.model, kv, self.plan, ids, [chunk_positions], hides=[evictions])
         records = self._remove(kv, 0, evictions)
         if records:
             records[-1] = EvictionRecord(**{**records[-1].__dict__, "recomputed": len(chunk_positions) - 1})

@@ -5,21 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mementokit.figures import new_figure, save_figure
 from mementokit.generate.stats import CacheStats
-from mementokit.kv.plots import save_figure
 
 
 def plot_cache_curves(curves: Sequence[tuple[str, CacheStats]], path: str | Path, *, title: str | None = None) -> Path:
     """One line per sequence (label, stats) plus the vanilla diagonal; x = logical tokens, y = cached tokens."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig = new_figure(8, 4.2, dpi=120, layout="tight")
+    ax = fig.subplots()
     longest = 0
     for label, stats in curves:
-        ax.plot(stats.positions, stats.cache_tokens, linewidth=1.2, label=f"{label} (peak {stats.peak_tokens:,})")
+        ax.plot(stats.positions, stats.cache_tokens, linewidth=1.2, label=f"{label} (peak {stats.peak_tokens:,} tokens)")
         longest = max(longest, stats.logical_tokens)
     ax.plot([0, longest], [0, longest], color="#7f7f7f", linestyle="--", linewidth=1, label="vanilla cache")
     ax.set_xlabel("tokens processed (logical)")
@@ -27,5 +23,4 @@ def plot_cache_curves(curves: Sequence[tuple[str, CacheStats]], path: str | Path
     ax.set_title(title or "KV cache with block masking")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path)

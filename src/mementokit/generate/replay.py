@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mementokit.blocks import MarkerIds, additive_mask
+from mementokit.blocks import MarkerIds, dense_allowed, model_attention_mask, model_mask_layout
 from mementokit.errors import ConfigError
 from mementokit.generate.cache import PhysicalKVCache
 from mementokit.generate.engine import (
@@ -132,8 +132,6 @@ def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=No
     The reference the evicting path must equal (contract invariant 1). Models with sliding-window layers get the
     window on top of the block mask.
     """
-    from mementokit.generate.attention import explicit_masks, plan_masks
-
     config = load_block_masking(block_masking)
     markers = check_markers(model, tokenizer, config, markers)
     token_ids = token_id_list(token_ids, embedding_rows(model), what="sequence")
@@ -141,12 +139,94 @@ def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=No
     length = ids.shape[1]
     dtype = model.get_input_embeddings().weight.dtype
     if config.enable:
-        mask = additive_mask(ids[0].tolist(), config, markers, start_inside_assistant=start_inside_assistant,
-                             dtype=dtype, device=ids.device)  # [1, 1, L, L]
-        allowed = mask[:, 0] == 0  # [1, L, L]
+        dense = dense_allowed(token_ids, config, markers, start_inside_assistant=start_inside_assistant)  # [L, L]
+        allowed = torch.from_numpy(dense).to(ids.device)[None]  # [1, L, L]
     else:
         allowed = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()[None]
     positions = torch.arange(length, device=ids.device)[None]  # [1, L]
-    attention_mask = explicit_masks(plan_masks(model, force_explicit=True), allowed, positions, positions, dtype)
+    layer_types, window = model_mask_layout(model)
+    attention_mask = model_attention_mask(allowed, positions, positions, layer_types=layer_types,
+                                          sliding_window=window, dtype=dtype)
     out = model(input_ids=ids, position_ids=positions, attention_mask=attention_mask, use_cache=False)
     return out.logits[0].float()
+
+
+def _trace_value(trace, name: str):
+    """A field of a trace record (object or dict), looking into its raw row too; None when absent."""
+    value = trace.get(name) if isinstance(trace, dict) else getattr(trace, name, None)
+    if value is None:
+        raw = trace.get("raw") if isinstance(trace, dict) else getattr(trace, "raw", None)
+        if isinstance(raw, dict):
+            value = raw.get(name)
+    return None if value is None else value if isinstance(value, (int, float)) else str(value)
+
+
+def tokenize_traces(traces, tokenizer, block_masking=None, *,
+                    with_prompt: bool = False) -> list[tuple[object, list[int], list[int]]]:
+    """(trace, prompt ids, response ids) per trace, tokenized exactly as the KV simulator does (`memento kv`):
+    the response alone, or with `with_prompt` the chat prompt (template, ChatML fallback) before it."""
+    from mementokit.errors import InputError
+    from mementokit.kv import KVSimulator
+
+    simulator = KVSimulator(tokenizer, config=load_block_masking(block_masking), with_prompt=with_prompt,
+                            add_markers=False)
+    encoded = []
+    for index, trace in enumerate(traces):
+        response = _trace_value(trace, "response")
+        if not response:
+            raise InputError("trace has no response", line=index + 1, field="response")
+        prompt_ids = (tokenizer([simulator.prompt_text(_trace_value(trace, "problem") or "")],
+                                add_special_tokens=False)["input_ids"][0] if with_prompt else [])
+        response_ids = tokenizer([response], add_special_tokens=False)["input_ids"][0]
+        encoded.append((trace, list(prompt_ids), list(response_ids)))
+    return encoded
+
+
+def replay_traces(model, tokenizer, encoded, block_masking=None, *, with_prompt: bool = False,
+                  keep_logits: bool = False, progress: Callable[[int | None, int], None] | None = None):
+    """Replay tokenized traces (`tokenize_traces(...)`, so bad input fails before the model is even loaded)
+    through the evicting cache; yield (row, ReplayResult) per trace.
+
+    The row holds the cache MEASURED from the tensors (`memento`, `vanilla`: the keys of `memento kv --json`),
+    the ratios, and the simulator's peak for the same ids beside it (`simulated_peak_tokens`,
+    `matches_simulator`). progress(total, done): a trace's token count when it starts, then (None, tokens done).
+    """
+    import numpy as np
+
+    from mementokit.kv import KVStats, simulate_token_ids
+
+    config = load_block_masking(block_masking)
+    markers = check_markers(model, tokenizer, config)
+    for index, (trace, prompt_ids, response_ids) in enumerate(encoded):
+        ids = prompt_ids + response_ids
+        if progress is not None:
+            progress(len(ids), 0)
+        result = replay(model, ids, config, markers=markers, start_inside_assistant=not with_prompt,
+                        keep_logits=keep_logits, progress=None if progress is None else lambda n: progress(None, n))
+        stats = result.stats
+        positions = np.asarray(stats.positions, dtype=np.int64)
+        memento = KVStats.from_curves(np.asarray(stats.cache_tokens, dtype=np.int64),
+                                      np.asarray(stats.cache_bytes, dtype=np.int64))
+        vanilla = KVStats.from_curves(positions, positions * stats.bytes_per_token)
+        simulated = (simulate_token_ids(ids, config, markers, start_inside_assistant=not with_prompt)
+                     if markers is not None else None)
+        yield {
+            "index": index,
+            "id": _trace_value(trace, "id") or _trace_value(trace, "task_id"),
+            "domain": _trace_value(trace, "domain"),
+            "tokens": len(ids),
+            "prompt_tokens": len(prompt_ids),
+            "peak_tokens": memento.peak_tokens,
+            "peak_bytes": memento.peak_bytes,
+            "bytes_per_token": stats.bytes_per_token,
+            "evictions": len(stats.evictions),
+            "evicted_tokens": stats.evicted_tokens,
+            "memento": memento.to_dict(),
+            "vanilla": vanilla.to_dict(),
+            "peak_ratio": memento.peak_bytes / vanilla.peak_bytes if vanilla.peak_bytes else None,
+            "auc_ratio": (memento.auc_gb_ktokens / vanilla.auc_gb_ktokens) if vanilla.auc_gb_ktokens else None,
+            "simulated_peak_tokens": None if simulated is None else simulated.memento.peak_tokens,
+            "matches_simulator": None if simulated is None else
+                memento.peak_tokens == simulated.memento.peak_tokens
+                and abs(memento.auc_token_ktokens - simulated.memento.auc_token_ktokens) < 1e-9,
+        }, result

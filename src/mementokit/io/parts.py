@@ -15,11 +15,20 @@ hub streams are not cut: `split_source` returns None and they keep the plain rea
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mementokit.io.readers import PARQUET_BATCH_ROWS, Item, OnBad, _file_items, _resolve, _Shard, decode_jsonl_line
+from mementokit.io.readers import (
+    PARQUET_BATCH_ROWS,
+    Item,
+    OnBad,
+    _file_items,
+    _is_saved_dataset,
+    _resolve,
+    _Shard,
+    decode_jsonl_line,
+)
 from mementokit.io.stats import UNREADABLE_FILE, RowError
 
 PART_BYTES = 16 << 20  # a JSONL part: enough work to hide the scheduling, small enough to balance two cores
@@ -46,7 +55,6 @@ class PartStats:
     """What reading a part saw besides its rows: JSONL lines it owns (for numbering the next part)."""
 
     lines: int = 0
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def split_source(
@@ -65,6 +73,9 @@ def split_source(
     """
     if str(source) == "-" or reader in ("disk", "hub"):
         return None
+    path = Path(source)
+    if not path.exists() or (path.is_dir() and reader is None and _is_saved_dataset(path)):
+        return None  # a hub id or a save_to_disk folder: resolved (once) by the streaming readers
     plan = _resolve(source, config=config, split=split, reader=reader)
     if plan.kind in ("jsonl", "json", "parquet"):
         shards = [plan.target]

@@ -135,8 +135,15 @@ def iter_rows(
     key = _stratify_key(stratify_by)
     _check_limit(limit)
     items = open_items(
-        source, config=config, split=split, shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer,
-        stratify_key=key, skip_bad=skip_bad, stats=stats, reader=reader,
+        source,
+        config=config,
+        split=split,
+        shuffle_seed=shuffle_seed,
+        shuffle_buffer=shuffle_buffer,
+        stratify_key=key,
+        skip_bad=skip_bad,
+        stats=stats,
+        reader=reader,
     )
     return _numbered_rows(items, limit, stats, warn_skips=warn_skips)
 
@@ -162,7 +169,9 @@ def open_items(
     on_bad = _BadInputHandler(skip_bad, stats)
     rng = random.Random(shuffle_seed) if shuffle_seed is not None else None
     plan = _resolve(source, config=config, split=split, reader=reader)
-    opened = plan.open(seed=shuffle_seed, rng=rng, shuffle_buffer=shuffle_buffer, interleave=stratify_key is not None, on_bad=on_bad)
+    opened = plan.open(
+        seed=shuffle_seed, rng=rng, shuffle_buffer=shuffle_buffer, interleave=stratify_key is not None, on_bad=on_bad
+    )
     items = _counted(opened, stats)
     if rng is not None and plan.needs_buffer_shuffle:
         items = buffered_shuffle(items, shuffle_buffer, rng)
@@ -267,7 +276,9 @@ class _Plan:
         if self.kind == "disk":
             return _disk_items(self.target, self.label, rng=rng, interleave=interleave)
         if self.kind == "hub":
-            return _hub_items(self.target, self.label, seed=seed, shuffle_buffer=shuffle_buffer, interleave=interleave, on_bad=on_bad)
+            return _hub_items(
+                self.target, self.label, seed=seed, shuffle_buffer=shuffle_buffer, interleave=interleave, on_bad=on_bad
+            )
         raise AssertionError(self.kind)
 
 
@@ -418,14 +429,17 @@ def _shards_of_folder(folder: Path, label: str, *, config: str, split: str) -> l
             raise InputError(f"no config '{config}'; configs: {', '.join(configs)}", path=where, field="configs")
         if split not in configs[config]:
             raise InputError(
-                f"config '{config}' has no split '{split}'; splits: {', '.join(configs[config])}", path=where, field="configs"
+                f"config '{config}' has no split '{split}'; splits: {', '.join(configs[config])}",
+                path=where,
+                field="configs",
             )
         files = sorted(
             {p for pattern in configs[config][split] for p in folder.glob(pattern) if p.is_file() and file_format(p)}
         )
         if not files:
             raise InputError(
-                f"config '{config}' split '{split}': {', '.join(configs[config][split])} matches no data file", path=where
+                f"config '{config}' split '{split}': {', '.join(configs[config][split])} matches no data file",
+                path=where,
             )
     else:
         # The hub's conventional layout: config default in data/, any other config in a folder of its name.
@@ -463,7 +477,9 @@ def _row_group_shards(shard: _Shard, on_bad: OnBad) -> list[_Shard]:
     return pieces
 
 
-def _shard_items(shards: Sequence[_Shard], *, rng: random.Random | None, interleave: bool, on_bad: OnBad) -> Iterator[Item]:
+def _shard_items(
+    shards: Sequence[_Shard], *, rng: random.Random | None, interleave: bool, on_bad: OnBad
+) -> Iterator[Item]:
     """Rows of several files. Shuffled: row groups and files in a seeded random order, read several at once."""
     if rng is not None:
         pieces: list[_Shard] = []
@@ -532,7 +548,9 @@ def _jsonl_items(shard: _Shard, on_bad: OnBad) -> Iterator[Item]:
             on_bad(RowError(UNREADABLE_FILE, f"cannot read past line {line}: {exc}", path=label, line=line + 1))
 
 
-def decode_jsonl_line(raw: bytes, label: str, line: int, on_bad: OnBad, *, first: bool | None = None) -> dict[str, Any] | None:
+def decode_jsonl_line(
+    raw: bytes, label: str, line: int, on_bad: OnBad, *, first: bool | None = None
+) -> dict[str, Any] | None:
     """One JSON line as an object, or None after reporting the problem to `on_bad`.
 
     `first`: whether this is the file's first line (a UTF-8 BOM is allowed there); default `line == 1`.
@@ -558,7 +576,9 @@ def decode_jsonl_line(raw: bytes, label: str, line: int, on_bad: OnBad, *, first
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         hint = " (a JSON list? name the file .json)" if first and text.strip() == "[" else ""
-        on_bad(RowError(MALFORMED_JSON, f"malformed JSON: {exc.msg} at column {exc.colno}{hint}", path=label, line=line))
+        on_bad(
+            RowError(MALFORMED_JSON, f"malformed JSON: {exc.msg} at column {exc.colno}{hint}", path=label, line=line)
+        )
         return None
     if not isinstance(data, dict):
         on_bad(RowError(NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(data)}", path=label, line=line))
@@ -661,17 +681,48 @@ def _json_items(shard: _Shard, on_bad: OnBad) -> Iterator[Item]:
                     if isinstance(value, dict):
                         yield value, label, line, ":"
                     else:
-                        on_bad(RowError(NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(value)}", path=label, line=line))
+                        on_bad(
+                            RowError(
+                                NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(value)}", path=label, line=line
+                            )
+                        )
             elif first == "":
-                on_bad(RowError(MALFORMED_JSON, "empty file: expected a JSON list of rows or an object", path=label, line=1))
+                on_bad(
+                    RowError(
+                        MALFORMED_JSON, "empty file: expected a JSON list of rows or an object", path=label, line=1
+                    )
+                )
             else:
-                on_bad(RowError(MALFORMED_JSON, f"expected a JSON list of rows or an object, found {first!r}", path=label, line=window.line))
+                on_bad(
+                    RowError(
+                        MALFORMED_JSON,
+                        f"expected a JSON list of rows or an object, found {first!r}",
+                        path=label,
+                        line=window.line,
+                    )
+                )
         except json.JSONDecodeError as exc:
-            on_bad(RowError(MALFORMED_JSON, f"malformed JSON: {exc.msg}; the rest of the file is not read", path=label, line=exc.lineno))
+            on_bad(
+                RowError(
+                    MALFORMED_JSON,
+                    f"malformed JSON: {exc.msg}; the rest of the file is not read",
+                    path=label,
+                    line=exc.lineno,
+                )
+            )
         except UnicodeDecodeError as exc:
-            on_bad(RowError(BAD_ENCODING, f"not UTF-8 ({exc.reason}) after line {window.line}; the rest of the file is not read", path=label, line=window.line))
+            on_bad(
+                RowError(
+                    BAD_ENCODING,
+                    f"not UTF-8 ({exc.reason}) after line {window.line}; the rest of the file is not read",
+                    path=label,
+                    line=window.line,
+                )
+            )
         except (OSError, EOFError, zlib.error) as exc:
-            on_bad(RowError(UNREADABLE_FILE, f"cannot read past line {window.line}: {exc}", path=label, line=window.line))
+            on_bad(
+                RowError(UNREADABLE_FILE, f"cannot read past line {window.line}: {exc}", path=label, line=window.line)
+            )
 
 
 def _json_list_rows(window: _TextWindow, decoder: json.JSONDecoder, label: str, on_bad: OnBad) -> Iterator[Item]:
@@ -685,7 +736,14 @@ def _json_list_rows(window: _TextWindow, decoder: json.JSONDecoder, label: str, 
             if isinstance(value, dict):
                 yield value, label, line, ":"
             else:
-                on_bad(RowError(NOT_AN_OBJECT, f"list element {element}: expected a JSON object, got {_json_type(value)}", path=label, line=line))
+                on_bad(
+                    RowError(
+                        NOT_AN_OBJECT,
+                        f"list element {element}: expected a JSON object, got {_json_type(value)}",
+                        path=label,
+                        line=line,
+                    )
+                )
             element += 1
             after = window.peek()
             if after == ",":
@@ -695,7 +753,14 @@ def _json_list_rows(window: _TextWindow, decoder: json.JSONDecoder, label: str, 
                 window.advance(window.pos + 1)
                 break
             found = f"found {after!r}" if after else "the file ends"
-            on_bad(RowError(MALFORMED_JSON, f"expected ',' or ']' after list element {element - 1}, {found}; the rest of the file is not read", path=label, line=window.line))
+            on_bad(
+                RowError(
+                    MALFORMED_JSON,
+                    f"expected ',' or ']' after list element {element - 1}, {found}; the rest of the file is not read",
+                    path=label,
+                    line=window.line,
+                )
+            )
             return
     if window.peek():
         on_bad(RowError(MALFORMED_JSON, f"extra data after the list: {window.peek()!r}", path=label, line=window.line))
@@ -768,7 +833,9 @@ def _disk_items(dataset, label: str, *, rng: random.Random | None, interleave: b
             yield data, label, index, "#"
 
 
-def _hub_items(dataset, label: str, *, seed: int | None, shuffle_buffer: int, interleave: bool, on_bad: OnBad) -> Iterator[Item]:
+def _hub_items(
+    dataset, label: str, *, seed: int | None, shuffle_buffer: int, interleave: bool, on_bad: OnBad
+) -> Iterator[Item]:
     """Rows of a streaming IterableDataset.
 
     Shuffled: `IterableDataset.shuffle(seed, buffer_size)`, which shuffles the shard order and fills its
@@ -791,7 +858,14 @@ def _hub_items(dataset, label: str, *, seed: int | None, shuffle_buffer: int, in
             except StopIteration:
                 return
             except Exception as exc:  # network, a corrupt shard: the stream cannot go on
-                on_bad(RowError(UNREADABLE_FILE, f"the stream failed after {row} rows: {type(exc).__name__}: {exc}", path=label, line=row))
+                on_bad(
+                    RowError(
+                        UNREADABLE_FILE,
+                        f"the stream failed after {row} rows: {type(exc).__name__}: {exc}",
+                        path=label,
+                        line=row,
+                    )
+                )
                 return
             yield (data if isinstance(data, dict) else dict(data)), label, row, "#"
             row += 1

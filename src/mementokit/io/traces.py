@@ -50,13 +50,28 @@ def iter_traces(
     warn_skips = stats is None
     stats = stats if stats is not None else ReadStats()
     items = open_items(
-        source, config=config, split=split, shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer,
-        stratify_key=_trace_key(stratify_by, field_map), skip_bad=skip_bad, stats=stats, reader=reader,
+        source,
+        config=config,
+        split=split,
+        shuffle_seed=shuffle_seed,
+        shuffle_buffer=shuffle_buffer,
+        stratify_key=_trace_key(stratify_by, field_map),
+        skip_bad=skip_bad,
+        stats=stats,
+        reader=reader,
     )
     return _traces(items, field_map, limit, skip_bad, stats, warn_skips)
 
 
-def record_from_row(data: dict[str, Any], field_map: FieldMap | None = None, *, path: str | None = None, line: int | None = None, origin: str = "", index: int = 0) -> TraceRecord:
+def record_from_row(
+    data: dict[str, Any],
+    field_map: FieldMap | None = None,
+    *,
+    path: str | None = None,
+    line: int | None = None,
+    origin: str = "",
+    index: int = 0,
+) -> TraceRecord:
     """One row as a TraceRecord, or RowError (an InputError) naming `path`, `line` and the field at fault."""
     field_map = field_map or FieldMap()
     response = _response(data, field_map, path, line)
@@ -65,7 +80,13 @@ def record_from_row(data: dict[str, Any], field_map: FieldMap | None = None, *, 
     source = _optional_str(data, field_map, "source", path, line)
     column, difficulty = field_map.find(data, "difficulty")
     if isinstance(difficulty, (dict, list)):
-        raise RowError(WRONG_TYPE, f"expected a number or a string, got {type(difficulty).__name__}", path=path, line=line, field=column)
+        raise RowError(
+            WRONG_TYPE,
+            f"expected a number or a string, got {type(difficulty).__name__}",
+            path=path,
+            line=line,
+            field=column,
+        )
     return TraceRecord(
         problem=problem,
         response=response,
@@ -81,7 +102,9 @@ def record_from_row(data: dict[str, Any], field_map: FieldMap | None = None, *, 
 # --------------------------------------------------------------------------------------------- internals
 
 
-def _traces(items, field_map: FieldMap, limit: int | None, skip_bad: bool, stats: ReadStats, warn_skips: bool) -> Iterator[TraceRecord]:
+def _traces(
+    items, field_map: FieldMap, limit: int | None, skip_bad: bool, stats: ReadStats, warn_skips: bool
+) -> Iterator[TraceRecord]:
     index = 0
     try:
         if limit == 0:
@@ -123,7 +146,9 @@ def _trace_key(stratify_by: str | None, field_map: FieldMap) -> Callable[[dict[s
     return key
 
 
-def _optional_str(data: dict[str, Any], field_map: FieldMap, name: str, path: str | None, line: int | None) -> str | None:
+def _optional_str(
+    data: dict[str, Any], field_map: FieldMap, name: str, path: str | None, line: int | None
+) -> str | None:
     column, value = field_map.find(data, name)
     if value is MISSING:
         return None
@@ -136,7 +161,9 @@ def _response(data: dict[str, Any], field_map: FieldMap, path: str | None, line:
     column, value = field_map.find(data, "response")
     if value is not MISSING:
         if not isinstance(value, str):
-            raise RowError(WRONG_TYPE, f"expected a string, got {type(value).__name__}", path=path, line=line, field=column)
+            raise RowError(
+                WRONG_TYPE, f"expected a string, got {type(value).__name__}", path=path, line=line, field=column
+            )
         return value
     tried = ", ".join(field_map.response)
     if "segments" in data or ("sentences" in data and "blocks" in data):
@@ -157,9 +184,27 @@ def _built_response(data: dict[str, Any], path: str | None, line: int | None) ->
     try:
         response = response_from_row(data)
     except InputError as error:
-        raise RowError(BAD_STRUCTURE, f"cannot build a response from {parts}: {error.reason}", path=path, line=line, field=error.field) from error
+        raise RowError(
+            BAD_STRUCTURE,
+            f"cannot build a response from {parts}: {error.reason}",
+            path=path,
+            line=line,
+            field=error.field,
+        ) from error
     except (MementoError, ValueError, TypeError) as error:
-        raise RowError(BAD_STRUCTURE, f"cannot build a response from {parts}: {error}", path=path, line=line, field=parts.split()[0]) from error
+        raise RowError(
+            BAD_STRUCTURE,
+            f"cannot build a response from {parts}: {error}",
+            path=path,
+            line=line,
+            field=parts.split()[0],
+        ) from error
     if not isinstance(response, str):
-        raise RowError(WRONG_TYPE, f"the response built from {parts} is {type(response).__name__}, not a string", path=path, line=line, field="response")
+        raise RowError(
+            WRONG_TYPE,
+            f"the response built from {parts} is {type(response).__name__}, not a string",
+            path=path,
+            line=line,
+            field="response",
+        )
     return response

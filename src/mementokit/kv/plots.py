@@ -1,59 +1,58 @@
 """Plots of simulated KV memory: one trace's curve (the paper's figure 5 sawtooth) and dataset distributions.
 
-matplotlib is imported inside the functions with the Agg backend, so importing mementokit.kv needs no display.
+matplotlib is imported inside the functions (mementokit.figures draws on the Agg canvas), so importing
+mementokit.kv needs no display. Bytes are shown in GiB (2**30), the unit the simulator computes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from mementokit.errors import ConfigError
+from mementokit.figures import new_figure, save_figure
 from mementokit.kv.model_memory import GIB
 from mementokit.kv.simulator import TraceKV
-
-def save_figure(fig, path: str | Path, *, dpi: int) -> Path:
-    """Write a pyplot figure as PNG (making the folder) and free it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
-
 
 VANILLA_COLOUR = "#7f7f7f"
 MEMENTO_COLOUR = "#1f77b4"
 
 
-def _pyplot():
-    import matplotlib
+def _integer_ticks(axis) -> None:
+    """Counts of traces or tokens: no fractional ticks (0.5 traces) on a small data set."""
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    axis.set_major_locator(MaxNLocator(integer=True))
 
-    return plt
+
+def _peak_label(name: str, values: np.ndarray, unit: str) -> str:
+    if not len(values):
+        return name
+    peak = values.max()
+    return f"{name} (peak {peak:.3g} {unit})" if unit == "GiB" else f"{name} (peak {int(peak):,} {unit})"
 
 
 def plot_kv_curve(result: TraceKV, path: str | Path, *, title: str | None = None) -> Path:
-    """Vanilla and memento KV occupancy after every position, overlaid (GB when a model is known, else tokens)."""
+    """Vanilla and memento KV occupancy after every position, overlaid (GiB when a model is known, else tokens)."""
     curves = result.curves
     if curves is None:
         raise ConfigError("plot_kv_curve needs the trace's curves: simulate it with keep_curves=True")
-    plt = _pyplot()
     in_bytes = curves.vanilla_bytes is not None
+    unit = "GiB" if in_bytes else "tokens"
     vanilla = curves.vanilla_bytes / GIB if in_bytes else curves.vanilla_tokens
     memento = curves.memento_bytes / GIB if in_bytes else curves.memento_tokens
     x = (np.arange(len(vanilla)) + 1) / 1000.0  # ktokens
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.plot(x, vanilla, color=VANILLA_COLOUR, lw=1.4, label=f"vanilla (peak {vanilla.max():.3g})" if len(x) else "vanilla")
-    ax.plot(x, memento, color=MEMENTO_COLOUR, lw=1.4, label=f"memento (peak {memento.max():.3g})" if len(x) else "memento")
+    fig = new_figure(8, 4.2, dpi=130, layout="tight")
+    ax = fig.subplots()
+    ax.plot(x, vanilla, color=VANILLA_COLOUR, lw=1.4, label=_peak_label("vanilla", vanilla, unit))
+    ax.plot(x, memento, color=MEMENTO_COLOUR, lw=1.4, label=_peak_label("memento", memento, unit))
     ax.fill_between(x, memento, color=MEMENTO_COLOUR, alpha=0.12)
     ax.set_xlabel("tokens generated (thousands)")
-    ax.set_ylabel("KV cache (GB)" if in_bytes else "KV cache (tokens)")
+    ax.set_ylabel(f"KV cache ({unit})")
+    if not in_bytes:
+        _integer_ticks(ax.yaxis)
     ratio = result.peak_ratio
     auc = result.auc_ratio
     subtitle = f"peak {ratio:.2f}x, AUC {auc:.2f}x of vanilla" if ratio is not None and auc is not None else ""
@@ -63,8 +62,7 @@ def plot_kv_curve(result: TraceKV, path: str | Path, *, title: str | None = None
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=130)
+    return save_figure(fig, path)
 
 
 def plot_kv_distributions(results: Sequence[TraceKV], path: str | Path, *, title: str | None = None) -> Path:
@@ -72,16 +70,18 @@ def plot_kv_distributions(results: Sequence[TraceKV], path: str | Path, *, title
     results = [r for r in results if r.tokens > 0 and r.peak_ratio is not None]
     if not results:
         raise ConfigError("no trace with tokens to plot")
-    plt = _pyplot()
     domains = sorted({r.domain or "unknown" for r in results})
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    bins = np.linspace(0.0, 1.05, 43)
+    fig = new_figure(14, 4.2, dpi=120, layout="tight")
+    axes = fig.subplots(1, 3)
+    # About two traces per bin on average, between 5 and 40 bins over [0, 1.05] (ratios never exceed 1 + markers).
+    bins = np.linspace(0.0, 1.05, int(np.clip(len(results) / 2, 5, 40)) + 1)
     for ax, label, getter in ((axes[0], "peak", lambda r: r.peak_ratio), (axes[1], "AUC", lambda r: r.auc_ratio)):
         for domain in domains:
             values = [getter(r) for r in results if (r.domain or "unknown") == domain]
             ax.hist(values, bins=bins, alpha=0.55, label=f"{domain} (median {np.median(values):.2f})")
         ax.set_xlabel(f"memento / vanilla {label} KV")
         ax.set_ylabel("traces")
+        _integer_ticks(ax.yaxis)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     in_bytes = results[0].vanilla.peak_bytes is not None
@@ -92,11 +92,10 @@ def plot_kv_distributions(results: Sequence[TraceKV], path: str | Path, *, title
         ax.scatter([scale(r.vanilla) for r in group], [scale(r.memento) for r in group], s=8, alpha=0.6, label=domain)
     top = max(scale(r.vanilla) for r in results)
     ax.plot([0, top], [0, top], color=VANILLA_COLOUR, lw=0.8, ls="--")
-    unit = "GB" if in_bytes else "tokens"
+    unit = "GiB" if in_bytes else "tokens"
     ax.set_xlabel(f"vanilla peak KV ({unit})")
     ax.set_ylabel(f"memento peak KV ({unit})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(title or f"KV cache over {len(results)} traces")
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    return save_figure(fig, path)

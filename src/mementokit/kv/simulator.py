@@ -5,7 +5,8 @@ Vanilla keeps every token; memento drops what the block state machine evicts. Oc
 
     occupancy[t] = (t + 1) - (keys evicted by evictions reported at positions <= t)      # [L] int64
 
-so a replay costs one pass of numpy over the ids (to find marker positions) plus O(#blocks) Python.
+so a replay costs one pass of numpy over the ids (to find marker positions) plus O(#blocks) Python. The curves
+come from mementokit.blocks.masks (the one owner of "evictions -> mask / occupancy"); kv re-exports them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from mementokit.blocks.config import BlockMaskingConfig
-from mementokit.blocks.state import BlockStateMachine, Eviction
+from mementokit.blocks.masks import occupancy_after_each_position, window_occupancy_after_each_position
+from mementokit.blocks.state import BlockStateMachine
 from mementokit.blocks.tokens import MarkerIds, add_block_markers, resolve_marker_ids
 from mementokit.format.chat import render_chat
 from mementokit.kv.model_memory import GIB, KVMemoryModel
@@ -26,34 +28,6 @@ from mementokit.records import TraceRecord
 
 
 # ---- curves ---------------------------------------------------------------------------------------------------
-def occupancy_after_each_position(evictions: Iterable[Eviction], length: int) -> np.ndarray:
-    """Physical cache length after each position: [L] int64 (invariant 2 of block-semantics.md).
-
-    Uses Eviction.at, the position where the cache really drops the keys (equal to the trigger except in restart
-    mode, where the block stays in the cache until the summary ends).
-    """
-    dropped_at = np.zeros(length + 1, dtype=np.int64)
-    for e in evictions:
-        if e.at < length:
-            dropped_at[e.at] += e.key_stop - e.key_start
-    return np.arange(1, length + 1, dtype=np.int64) - np.cumsum(dropped_at[:length])
-
-
-def window_occupancy_after_each_position(evictions: Iterable[Eviction], length: int, window: int) -> np.ndarray:
-    """Surviving tokens among the last `window` positions after each position: [L] int64 (a sliding layer's cache)."""
-    evictions = [e for e in evictions if e.at < length]
-    base = np.minimum(np.arange(1, length + 1, dtype=np.int64), window)
-    if not evictions:
-        return base
-    keys = np.concatenate([np.arange(e.key_start, e.key_stop, dtype=np.int64) for e in evictions])  # [E]
-    at = np.concatenate([np.full(e.key_stop - e.key_start, e.at, dtype=np.int64) for e in evictions])  # [E]
-    # Key k counts against the window from its eviction until it would have left the window anyway (t = k + window).
-    still_in_window = keys + window > at
-    leaves = np.bincount(at[still_in_window], minlength=length + 1)[: length + 1]
-    returns = np.bincount(np.minimum(keys[still_in_window] + window, length), minlength=length + 1)[: length + 1]
-    return base - np.cumsum(leaves - returns)[:length]
-
-
 def bytes_after_each_position(memory: KVMemoryModel, occupancy: np.ndarray,
                               window_occupancy: dict[int, np.ndarray]) -> np.ndarray:
     """Cache bytes after each position: full layers hold `occupancy`, sliding layers their window's share. [L] int64."""

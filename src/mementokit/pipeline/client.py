@@ -72,8 +72,6 @@ class LLMConfig:
             raise ConfigError("no model named: pass --model")
         if not api_key:
             raise ConfigError("no API key: pass --api-key or set OPENAI_API_KEY (or name a local --base-url)")
-        if self.max_concurrency < 1:
-            raise ConfigError("max_concurrency must be >= 1")
         return LLMConfig(**{**vars(self), "base_url": base_url, "api_key": api_key})
 
 

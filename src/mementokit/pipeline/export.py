@@ -148,6 +148,9 @@ def export_dataset(
             if stale.name not in names:
                 stale.unlink()
         files[config] = [str(target / sub / n) for n in names]
+    unreadable = sum(
+        1 for r in results if r.get("difficulty") not in (None, "") and _difficulty(r["difficulty"]) is None
+    )
     report = build_report(folder.root)
     models = sorted({str(run.get("model")) for run in folder.runs() if run.get("model")})
     write_text_atomic(
@@ -167,4 +170,10 @@ def export_dataset(
             dir_name=str(target),
         ),
     )
-    return {"rows": len(results), "files": files, "card": str(target / "README.md"), "out": str(target)}
+    return {
+        "rows": len(results),
+        "difficulty_not_an_integer": unreadable,  # written as null (OpenMementos' difficulty is int64)
+        "files": files,
+        "card": str(target / "README.md"),
+        "out": str(target),
+    }

@@ -12,17 +12,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
+from mementokit.format.markers import DEFAULT_MARKERS
+
+_THINK_START, _THINK_END = DEFAULT_MARKERS.think_start, DEFAULT_MARKERS.think_end
+_THINK_BLOCK = re.compile(f"{re.escape(_THINK_START)}.*?{re.escape(_THINK_END)}", re.S | re.I)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
 
 def strip_reasoning(text: str) -> str:
     """Drop <think>...</think> preambles; an unclosed <think> keeps only what follows its last </think>."""
     text = _THINK_BLOCK.sub("", text)
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    elif text.lstrip().lower().startswith("<think>"):
-        text = text.lstrip()[len("<think>") :]
+    if _THINK_END in text:
+        text = text.rsplit(_THINK_END, 1)[1]
+    elif text.lstrip().lower().startswith(_THINK_START):
+        text = text.lstrip()[len(_THINK_START) :]
     return text.strip()
 
 

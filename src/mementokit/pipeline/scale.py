@@ -135,7 +135,7 @@ def make_executor(spec: StepSpec, options: ExecutorOptions):
             partition=options.partition,
             job_name=options.job_name,
             cpus_per_task=options.cpus_per_task,
-            env_command=options.env_command,
+            env_command=options.env_command or _activate_this_venv(),
         )
     try:
         import ray  # noqa: F401
@@ -143,6 +143,14 @@ def make_executor(spec: StepSpec, options: ExecutorOptions):
     except ImportError:
         raise ConfigError("--executor ray needs ray: pip install ray") from None
     return RayPipelineExecutor(**common, cpus_per_task=options.cpus_per_task)
+
+
+def _activate_this_venv() -> str | None:
+    """`source .../bin/activate` of the virtualenv this command runs in, so Slurm tasks run the same code."""
+    import sys
+
+    activate = Path(sys.prefix) / "bin" / "activate"
+    return f"source {activate}" if sys.prefix != sys.base_prefix and activate.exists() else None
 
 
 def reopen_unfinished_tasks(out_dir: str | Path, tasks: int) -> list[int]:
@@ -194,17 +202,11 @@ def _sum_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     from mementokit.pipeline.usage import Usage
 
     usage = Usage()
-    out: dict[str, Any] = {
-        "done": 0,
-        "failed": 0,
-        "skipped_finished": 0,
-        "skipped_failed": 0,
-        "cost": 0.0,
-        "seconds": 0.0,
-    }
+    counts = ("done", "failed", "skipped_finished", "skipped_failed", "bad_rows")
+    out: dict[str, Any] = {**dict.fromkeys(counts, 0), "cost": 0.0, "seconds": 0.0}
     for run in runs:
         usage.add(Usage.from_dict(run.get("llm", {})))
-        for key in ("done", "failed", "skipped_finished", "skipped_failed"):
+        for key in counts:
             out[key] += int(run.get(key, 0))
         out["cost"] += float(run.get("cost", 0.0))
         out["seconds"] = max(out["seconds"], float(run.get("seconds", 0.0)))

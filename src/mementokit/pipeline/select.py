@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mementokit.errors import ConfigError, InputError
+from mementokit.format.markers import DEFAULT_MARKERS
 from mementokit.io.fields import MISSING, FieldMap
 
 PROBLEM_FIELDS = ("problem", "prompt", "question", "input")
@@ -105,8 +106,8 @@ def rejection_reason(row: dict[str, Any], config: SelectConfig) -> str | None:
     """Why a normalised row is filtered out, or None when it is kept."""
     cot = row["cot"]
     if config.require_complete_think:
-        start = cot.find("<think>")
-        if start < 0 or cot.find("</think>", start) < 0:
+        start = cot.find(DEFAULT_MARKERS.think_start)
+        if start < 0 or cot.find(DEFAULT_MARKERS.think_end, start) < 0:
             return "incomplete_think"
     if config.drop_cjk and (_CJK.search(cot) or _CJK.search(row.get("problem", ""))):
         return "cjk"

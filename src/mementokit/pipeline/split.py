@@ -23,8 +23,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-THINK_START = "<think>"
-THINK_END = "</think>"
+from mementokit.format.markers import DEFAULT_MARKERS
+
+THINK_START = DEFAULT_MARKERS.think_start
+THINK_END = DEFAULT_MARKERS.think_end
 
 # Regions in which no cut may fall. Order matters only for speed; overlaps are merged.
 _FENCE = re.compile(r"^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.S | re.M)

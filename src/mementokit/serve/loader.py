@@ -53,13 +53,13 @@ class ServeOptions:
 def check_options(options: ServeOptions):
     """Everything that can be checked without loading the model; returns the block-masking config."""
     from mementokit.generate.engine import load_block_masking
-    from mementokit.generate.loading import check_model_location
+    from mementokit.hf import check_local_folder
 
     if options.engine not in ENGINES:
         raise ConfigError(f"--engine {options.engine!r}: choose one of {', '.join(sorted(ENGINES))}")
-    check_model_location(options.model)
+    check_local_folder(options.model, "model")
     if options.tokenizer is not None:
-        check_model_location(options.tokenizer)
+        check_local_folder(options.tokenizer, "tokenizer")
     if options.chat_template is not None and not Path(options.chat_template).is_file():
         raise ConfigError(f"chat template file '{options.chat_template}' does not exist")
     for name in ("max_batch_size", "max_waiting"):
@@ -74,8 +74,7 @@ def check_options(options: ServeOptions):
 
 def load_server(options: ServeOptions | str, **overrides):
     """Check the options, load tokenizer and model, and return a Server (its `.app` is the ASGI app)."""
-    from mementokit.blocks.tokens import load_hf_tokenizer
-    from mementokit.generate.loading import load_model
+    from mementokit.hf import load_hf_model, load_hf_tokenizer
     from mementokit.serve.app import Server
     from mementokit.serve.engine import Engine
 
@@ -84,7 +83,7 @@ def load_server(options: ServeOptions | str, **overrides):
     config = check_options(options)
     tokenizer = load_hf_tokenizer(options.tokenizer or options.model)
     template = Path(options.chat_template).read_text(encoding="utf-8") if options.chat_template else None
-    model = load_model(options.model, dtype=options.dtype, device=options.device, attn=options.attn)
+    model = load_hf_model(options.model, dtype=options.dtype, device=options.device, attn=options.attn)
     name = options.served_name()
     engine = Engine(model, tokenizer, config, max_batch_size=options.max_batch_size,
                     max_cache_tokens=options.max_cache_tokens, max_model_len=options.max_model_len,

@@ -3,11 +3,11 @@
     collate = MementoCollator(pad_token_id=tokenizer.pad_token_id, stage=2)
     batch = collate([dataset[0], dataset[1]])
     # input_ids [B, L] long, labels [B, L] long (-100 on padding), position_ids [B, L] long,
-    # attention_mask [B, 1, L, L] float: 0 where query may attend key, the dtype's minimum elsewhere
+    # attention_mask [B, 1, L, L] float: 0 where query may attend key, blocks.MASKED (-inf) elsewhere
     model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")})
 
 Stage 2: every example's (key_start, key_stop, trigger) triples become its [n, n] "may attend" matrix through
-mementokit.blocks.allowed_from_evictions (the one implementation of the rule), placed in the top-left corner
+mementokit.blocks.padded_allowed (blocks.masks owns every mask), placed in the top-left corner
 of the padded [L, L] square. Padding keys are never visible to a real query; a padding query sees only itself,
 so no row is all masked (softmax stays finite) and its loss is ignored anyway (label -100).
 Stage 1: a 2-D padding mask [B, L], which transformers turns into causal + padding itself (and SDPA can then
@@ -25,33 +25,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from mementokit.blocks import allowed_from_evictions, spans_within
+from mementokit.blocks import (
+    additive_from_allowed,
+    model_attention_mask,
+    model_mask_layout,
+    padded_allowed,
+    spans_within,
+)
 from mementokit.errors import ConfigError, InputError
 from mementokit.sft.tokenize import IGNORE_INDEX, STAGES
-
-
-def padded_allowed(spans_per_example: Sequence[Sequence[Sequence[int]] | None], lengths: Sequence[int],
-                   padded_length: int) -> np.ndarray:
-    """[B, L, L] bool "query may attend key" for a right-padded batch (None spans: plain causal)."""
-    batch = np.zeros((len(lengths), padded_length, padded_length), dtype=bool)
-    pad_diagonal = np.arange(padded_length)
-    for row, (spans, n) in enumerate(zip(spans_per_example, lengths)):
-        batch[row, :n, :n] = allowed_from_evictions([tuple(s) for s in spans or ()], n)
-        batch[row, pad_diagonal[n:], pad_diagonal[n:]] = True  # padding queries see only themselves
-    return batch
-
-
-def additive_from_allowed(allowed: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32,
-                          masked_value: float | None = None) -> torch.Tensor:
-    """[B, L, L] bool -> [B, 1, L, L] additive float (0 allowed; the dtype's minimum, as transformers uses, else)."""
-    allowed = torch.as_tensor(allowed)
-    fill = torch.finfo(dtype).min if masked_value is None else masked_value
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(~allowed, fill)
-    return mask[:, None]
 
 
 def _field(feature: Any, name: str, default: Any = None) -> Any:
@@ -135,20 +119,15 @@ def attention_mask_for_model(model, attention_mask: torch.Tensor) -> torch.Tenso
     silently attend beyond its window. Models whose config lists `layer_types` take a dict {layer type: mask}
     (transformers' own convention); a model with one window for all layers gets the windowed tensor.
     A 2-D padding mask (stage 1) is returned as is: transformers builds causal and window masks from it.
+    Both views come from mementokit.blocks.model_attention_mask, as the generator's do.
     """
     if attention_mask.dim() != 4:
         return attention_mask
-    text_config = model.config.get_text_config(decoder=True)
-    layer_types = getattr(text_config, "layer_types", None)
-    window = getattr(text_config, "sliding_window", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        window = None
+    layer_types, window = model_mask_layout(model)
     if window is None:
         return attention_mask
     length = attention_mask.shape[-1]
-    positions = torch.arange(length, device=attention_mask.device)
-    too_far = (positions[:, None] - positions[None, :]) >= window  # [L, L]: query - key >= window
-    windowed = attention_mask.masked_fill(too_far, torch.finfo(attention_mask.dtype).min)
-    if layer_types is None:
-        return windowed
-    return {kind: windowed if kind == "sliding_attention" else attention_mask for kind in dict.fromkeys(layer_types)}
+    positions = torch.arange(length, device=attention_mask.device).expand(attention_mask.shape[0], length)  # [B, L]
+    allowed = attention_mask[:, 0] == 0  # [B, L, L]
+    return model_attention_mask(allowed, positions, positions, layer_types=layer_types, sliding_window=window,
+                                dtype=attention_mask.dtype, full=attention_mask)

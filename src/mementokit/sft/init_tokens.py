@@ -19,12 +19,13 @@ import torch
 
 from mementokit.blocks import BlockMaskingConfig, add_block_markers, single_token_id
 from mementokit.errors import ConfigError
+from mementokit.format.markers import DEFAULT_MARKERS
 
 DEFAULT_INIT_WORDS: dict[str, tuple[str, ...]] = {
-    "<|block_start|>": ("block", "start", "begin", "section", "step"),
-    "<|block_end|>": ("block", "end", "finish", "section", "done"),
-    "<|summary_start|>": ("summary", "summarize", "brief", "recap", "overview"),
-    "<|summary_end|>": ("summary", "end", "finish", "done", "complete"),
+    DEFAULT_MARKERS.block_start: ("block", "start", "begin", "section", "step"),
+    DEFAULT_MARKERS.block_end: ("block", "end", "finish", "section", "done"),
+    DEFAULT_MARKERS.summary_start: ("summary", "summarize", "brief", "recap", "overview"),
+    DEFAULT_MARKERS.summary_end: ("summary", "end", "finish", "done", "complete"),
 }
 DEFAULT_SIGMA = 0.01
 
@@ -75,7 +76,7 @@ def init_token_embeddings(model, tokenizer, words_by_token: Mapping[str, Sequenc
     if output is not None and not embeddings_are_tied(model):
         matrices.append(output.weight)  # [V, H] (lm_head)
     targets = {}
-    for token, words in words_by_token.items():
+    for token in words_by_token:
         token_id = single_token_id(tokenizer, token)
         if token_id is None:
             raise ConfigError(f"{token!r} is not one token of this tokenizer: add it before initialising it")

@@ -47,6 +47,18 @@ STATE_FILE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def validate_schedule(config: Any) -> None:
+    """The checks every trainer config shares (SFT and distillation): steps or epochs, accumulation, schedule."""
+    if config.grad_accum < 1:
+        raise ConfigError("grad_accum must be at least 1")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(f"max_steps must be at least 1, got {config.max_steps}")
+    if config.max_steps is None and not config.epochs > 0:
+        raise ConfigError(f"epochs must be > 0, got {config.epochs}")
+    if config.lr_scheduler not in SCHEDULERS:
+        raise ConfigError(f"lr_scheduler must be one of {SCHEDULERS}, got {config.lr_scheduler!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; stored in every checkpoint (a resumed run must use the same data and batch shape)."""
@@ -80,14 +92,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 (full attention) or 2 (memento attention), got {self.stage!r}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("batch_size and grad_accum must be at least 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise ConfigError(f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        validate_schedule(self)
         if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ConfigError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS} (a custom 4-D mask "
                               f"needs one of them), got {self.attn_implementation!r}")
@@ -161,20 +168,17 @@ def _resolve_bf16(requested: bool | None, device: torch.device) -> bool:
 
 
 def _load_tokenizer(data: Path, model: str):
-    from mementokit.blocks.tokens import load_hf_tokenizer
+    from mementokit.hf import load_hf_tokenizer
 
     # The ids were made by the export's tokenizer (block markers added): prefer it to the model's.
     return load_hf_tokenizer(data / TOKENIZER_DIR if (data / TOKENIZER_DIR).is_dir() else Path(model))
 
 
 def _load_model(path: str | Path, attn_implementation: str):
-    from transformers import AutoModelForCausalLM
+    from mementokit.hf import load_hf_model
 
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn_implementation,
-                                                    dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
+    # fp32 master weights on CPU; the trainer moves the model and autocasts.
+    return load_hf_model(path, dtype="float32", device="cpu", attn=attn_implementation).train()
 
 
 def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:

@@ -63,7 +63,7 @@ class BlockCapLogitsProcessor(LogitsProcessor):
         if not (config.enable and config.max_block_tokens > 0):
             return None
         if self._tokenizer is None:
-            from mementokit.blocks.tokens import load_hf_tokenizer
+            from mementokit.hf import load_hf_tokenizer
 
             self._tokenizer = load_hf_tokenizer(self.tokenizer_name)
         return BlockStateMachine(config, resolve_marker_ids(self._tokenizer, config))

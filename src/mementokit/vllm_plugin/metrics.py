@@ -58,8 +58,6 @@ class MementoStatLogger(StatLoggerBase):
     def __init__(self, vllm_config, engine_index: int = 0) -> None:
         self.engine_index = engine_index
         self.last: dict[int, dict[str, int]] = {}
-        self.enabled = bool((vllm_config.additional_config or {}).get("block_masking")) if isinstance(
-            vllm_config.additional_config, dict) else False
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
         if scheduler_stats is None:

@@ -160,7 +160,7 @@ class MementoScheduler(Scheduler):
                                                   "summary_end_token", "im_start_token", "assistant_token"))
         if key not in self._markers:
             if self._tokenizer is None:
-                from mementokit.blocks.tokens import load_hf_tokenizer
+                from mementokit.hf import load_hf_tokenizer
 
                 model_config = self.vllm_config.model_config
                 self._tokenizer = load_hf_tokenizer(model_config.tokenizer)

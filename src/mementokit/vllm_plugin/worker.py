@@ -5,10 +5,9 @@ No official hook keeps logical positions for RoPE while cache slots are compacte
 - `_update_states` (start of a step, before block tables grow): run the step's compaction copies, one indexed
   copy per layer for every request at once, then truncate the block tables of compacted requests (the
   scheduler has already freed those pages).
-- `_prepare_inputs` (after vLLM computed positions, seq_lens and slot_mapping from LOGICAL lengths): positions
-  stay logical (RoPE); seq_lens and slot_mapping are recomputed from physical lengths, i.e. minus the request's
-  evicted tokens. vLLM's own "discard the sample of a partial prefill" test was made on logical lengths, as it
-  must be.
+- `_prepare_inputs`: positions stay logical (RoPE); its one slot-mapping computation gets physical positions
+  (minus the request's evicted tokens), and seq_lens are made physical afterwards. vLLM's own "discard the sample
+  of a partial prefill" test is made on logical lengths, as it must be.
 
 Both do nothing for a step whose SchedulerOutput carries no plan (block masking off, or another scheduler).
 """
@@ -112,18 +111,34 @@ def _apply_plan(runner, plan) -> None:
             table.num_blocks_per_row[row] = min(int(table.num_blocks_per_row[row]), pages)
 
 
-def _physical_inputs(runner, plan, num_scheduled_tokens: np.ndarray) -> None:
+def _evicted_per_row(runner, plan, num_scheduled_tokens: np.ndarray) -> np.ndarray | None:
+    """Evicted tokens (logical - physical length) of each row of the persistent batch, or None when all are 0."""
+    if plan is None or not plan.evicted:
+        return None
     num_reqs = runner.input_batch.num_reqs
     evicted = np.fromiter((plan.evicted.get(r, 0) for r in runner.input_batch.req_ids[:num_reqs]),
                           dtype=np.int64, count=num_reqs)
-    if not evicted.any():
-        return
-    total = int(num_scheduled_tokens[:num_reqs].sum())
+    return evicted if evicted.any() else None
+
+
+def _prepare_physical(runner, prepare, scheduler_output, num_scheduled_tokens, evicted, *args, **kwargs):
+    """Run vLLM's _prepare_inputs with its ONE slot-mapping computation fed physical positions; then make
+    seq_lens physical. Positions (RoPE) stay logical."""
+    num_reqs = len(evicted)
     per_token = torch.from_numpy(np.repeat(evicted, num_scheduled_tokens[:num_reqs])).to(runner.device)
+    table = runner.input_batch.block_table
+    compute = type(table).compute_slot_mapping
+
+    def compute_slot_mapping(n, query_start_loc, positions):
+        return compute(table, n, query_start_loc, positions - per_token[: positions.shape[0]])
+
+    table.compute_slot_mapping = compute_slot_mapping  # this call only (an instance attribute)
+    try:
+        result = prepare(runner, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+    finally:
+        del table.compute_slot_mapping
     runner.seq_lens[:num_reqs] -= torch.from_numpy(evicted).to(runner.device, runner.seq_lens.dtype)
-    physical = runner.positions[:total] - per_token
-    runner.input_batch.block_table.compute_slot_mapping(
-        num_reqs, runner.query_start_loc.gpu[: num_reqs + 1], physical)
+    return result
 
 
 def install() -> None:
@@ -143,11 +158,11 @@ def install() -> None:
 
     @functools.wraps(prepare_inputs)
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
-        result = prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
-        plan = getattr(scheduler_output, PLAN_ATTR, None)
-        if plan is not None and plan.evicted:
-            _physical_inputs(self, plan, num_scheduled_tokens)
-        return result
+        evicted = _evicted_per_row(self, getattr(scheduler_output, PLAN_ATTR, None), num_scheduled_tokens)
+        if evicted is None:
+            return prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        return _prepare_physical(self, prepare_inputs, scheduler_output, num_scheduled_tokens, evicted,
+                                 *args, **kwargs)
 
     _update_states._memento = True
     GPUModelRunner._update_states = _update_states
