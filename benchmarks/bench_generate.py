@@ -38,18 +38,27 @@ MASKING = {"enable": True, "keep_last_n_blocks": 0, "mask_delimiters": False}
 
 
 # Qwen3-0.6B's shape (for a GPU run): 28 layers, hidden 1024, 16 heads, 8 KV heads of 128, vocab 151,936.
-SHAPES = {"qwen3-0.6b": dict(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072,
-                             vocab=151936)}
+SHAPES = {
+    "qwen3-0.6b": dict(hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072, vocab=151936)
+}
 
 
 def build_model(args) -> Qwen3ForCausalLM:
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden,
-                         intermediate_size=args.intermediate or args.hidden * 2,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, head_dim=args.head_dim or args.hidden // args.heads,
-                         max_position_embeddings=65536, tie_word_embeddings=False,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = Qwen3Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate or args.hidden * 2,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim or args.hidden // args.heads,
+        max_position_embeddings=65536,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     model = Qwen3ForCausalLM._from_config(config, attn_implementation="sdpa", dtype=getattr(torch, args.dtype))
     return model.to(args.device).eval()
 
@@ -59,9 +68,18 @@ def markers_for(vocab: int) -> MarkerIds:
     return MarkerIds(block_start=vocab - 4, block_end=vocab - 3, summary_start=vocab - 2, summary_end=vocab - 1)
 
 
-def synthetic_trace(rng: random.Random, markers: MarkerIds, vocab: int, *, blocks: int, block_tokens: int,
-                    summary_tokens: int, answer_tokens: int) -> list[int]:
+def synthetic_trace(
+    rng: random.Random,
+    markers: MarkerIds,
+    vocab: int,
+    *,
+    blocks: int,
+    block_tokens: int,
+    summary_tokens: int,
+    answer_tokens: int,
+) -> list[int]:
     """<think>-less Memento response: blocks of ~block_tokens, each followed by a memento of ~summary_tokens."""
+
     def ordinary(mean: int) -> list[int]:
         n = max(1, int(rng.gauss(mean, mean * 0.25)))
         return [rng.randrange(8, vocab - 8) for _ in range(n)]
@@ -85,8 +103,12 @@ def plain_transformers_loop(model, ids: list[int]) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         for token in ids:
-            model(input_ids=torch.tensor([[token]], device=model.device), past_key_values=cache, use_cache=True,
-                  logits_to_keep=1)
+            model(
+                input_ids=torch.tensor([[token]], device=model.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
     synchronize(model)
     return time.perf_counter() - start
 
@@ -171,17 +193,23 @@ def run_batch(model, markers, config, prompts, traces, decode_tokens: int) -> di
     # No tokenizer: ids in, ids out (no text is decoded on either side).
     generator = BlockMaskedGenerator(model, None, config, markers=markers)
     params = SamplingParams(max_new_tokens=decode_tokens, ignore_eos=True)
-    stream = generator.stream_batch(prompts, params, logits_processors=[ForceTrace(prompts, traces)],
-                                    start_inside_assistant=True)
+    stream = generator.stream_batch(
+        prompts, params, logits_processors=[ForceTrace(prompts, traces)], start_inside_assistant=True
+    )
     start = time.perf_counter()
     for _ in stream:
         pass
     synchronize(model)
     seconds = time.perf_counter() - start
     generated = sum(len(r.token_ids) for r in stream.results)
-    return {"rows": len(prompts), "tokens": generated, "seconds": seconds, "tokens_per_s": generated / seconds,
-            "peak_batch_bytes": stream.peak_batch_bytes,
-            "row_peak_tokens": max(r.stats.peak_tokens for r in stream.results)}
+    return {
+        "rows": len(prompts),
+        "tokens": generated,
+        "seconds": seconds,
+        "tokens_per_s": generated / seconds,
+        "peak_batch_bytes": stream.peak_batch_bytes,
+        "row_peak_tokens": max(r.stats.peak_tokens for r in stream.results),
+    }
 
 
 def bench_batches(model, markers: MarkerIds, args) -> dict:
@@ -192,9 +220,17 @@ def bench_batches(model, markers: MarkerIds, args) -> dict:
         for r in range(count):
             # A unique first id tells the forcing processor which row it looks at; prompt lengths differ a little.
             prompts.append([8 + r] + [rng.randrange(8, args.vocab - 8) for _ in range(args.prompt_tokens + r % 5)])
-            traces.append(synthetic_trace(rng, markers, args.vocab, blocks=args.batch_blocks,
-                                          block_tokens=args.batch_block_tokens,
-                                          summary_tokens=args.batch_summary_tokens, answer_tokens=16))
+            traces.append(
+                synthetic_trace(
+                    rng,
+                    markers,
+                    args.vocab,
+                    blocks=args.batch_blocks,
+                    block_tokens=args.batch_block_tokens,
+                    summary_tokens=args.batch_summary_tokens,
+                    answer_tokens=16,
+                )
+            )
         return prompts, traces
 
     memento_config, vanilla_config = BlockMaskingConfig.load(MASKING), BlockMaskingConfig.vanilla()
@@ -205,7 +241,7 @@ def bench_batches(model, markers: MarkerIds, args) -> dict:
     same_memento = run_batch(model, markers, memento_config, prompts, traces, decode)
 
     # Fixed KV budget: what vanilla needs for --budget-rows rows; block masking gets as many rows as fit.
-    prompts_v, traces_v = prompts[:args.budget_rows], traces[:args.budget_rows]
+    prompts_v, traces_v = prompts[: args.budget_rows], traces[: args.budget_rows]
     budget_vanilla = run_batch(model, markers, vanilla_config, prompts_v, traces_v, decode)
     budget = budget_vanilla["peak_batch_bytes"]
     per_row = same_memento["peak_batch_bytes"] / args.batch  # measured, padding included
@@ -218,13 +254,20 @@ def bench_batches(model, markers: MarkerIds, args) -> dict:
         fitted -= 1  # padding made it overflow: one row fewer, measured again
     return {
         "decode_tokens_per_row": decode,
-        "same_batch": {"vanilla": same_vanilla, "memento": same_memento,
-                       "throughput_ratio": same_memento["tokens_per_s"] / same_vanilla["tokens_per_s"],
-                       "peak_batch_bytes_ratio": same_memento["peak_batch_bytes"] / same_vanilla["peak_batch_bytes"]},
-        "fixed_budget": {"budget_bytes": budget, "vanilla": budget_vanilla, "memento": budget_memento,
-                         "rows_ratio": budget_memento["rows"] / budget_vanilla["rows"],
-                         "throughput_ratio": budget_memento["tokens_per_s"] / budget_vanilla["tokens_per_s"],
-                         "memento_within_budget": budget_memento["peak_batch_bytes"] <= budget},
+        "same_batch": {
+            "vanilla": same_vanilla,
+            "memento": same_memento,
+            "throughput_ratio": same_memento["tokens_per_s"] / same_vanilla["tokens_per_s"],
+            "peak_batch_bytes_ratio": same_memento["peak_batch_bytes"] / same_vanilla["peak_batch_bytes"],
+        },
+        "fixed_budget": {
+            "budget_bytes": budget,
+            "vanilla": budget_vanilla,
+            "memento": budget_memento,
+            "rows_ratio": budget_memento["rows"] / budget_vanilla["rows"],
+            "throughput_ratio": budget_memento["tokens_per_s"] / budget_vanilla["tokens_per_s"],
+            "memento_within_budget": budget_memento["peak_batch_bytes"] <= budget,
+        },
     }
 
 
@@ -246,9 +289,17 @@ def main() -> None:
     parser.add_argument("--batch-block-tokens", type=int, default=200)
     parser.add_argument("--batch-summary-tokens", type=int, default=35)
     parser.add_argument("--repeats", type=int, default=1, help="replay timings: best of this many runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default; 1 avoids OpenMP spinning on shared cores)")
-    parser.add_argument("--plain", action="store_true",
-                        help="also time a plain transformers DynamicCache loop on the replay trace (adds ~2 min)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch default; 1 avoids OpenMP spinning on shared cores)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="also time a plain transformers DynamicCache loop on the replay trace (adds ~2 min)",
+    )
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--skip-batches", action="store_true")
     parser.add_argument("--head-dim", type=int, default=0, help="0: hidden / heads")
@@ -266,14 +317,30 @@ def main() -> None:
 
     model = build_model(args)
     markers = markers_for(args.vocab)
-    report = {"model": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "kv_heads": args.kv_heads,
-                        "head_dim": model.config.head_dim, "vocab": args.vocab, "dtype": args.dtype,
-                        "device": args.device, "attention": "sdpa"},
-              "torch_threads": torch.get_num_threads()}
+    report = {
+        "model": {
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "heads": args.heads,
+            "kv_heads": args.kv_heads,
+            "head_dim": model.config.head_dim,
+            "vocab": args.vocab,
+            "dtype": args.dtype,
+            "device": args.device,
+            "attention": "sdpa",
+        },
+        "torch_threads": torch.get_num_threads(),
+    }
     if not args.skip_replay:
-        trace = synthetic_trace(random.Random(0), markers, args.vocab, blocks=args.blocks,
-                                block_tokens=args.block_tokens, summary_tokens=args.summary_tokens,
-                                answer_tokens=args.answer_tokens)
+        trace = synthetic_trace(
+            random.Random(0),
+            markers,
+            args.vocab,
+            blocks=args.blocks,
+            block_tokens=args.block_tokens,
+            summary_tokens=args.summary_tokens,
+            answer_tokens=args.answer_tokens,
+        )
         report["replay"] = bench_replay(model, trace, markers, args)
     if not args.skip_batches:
         report["batches"] = bench_batches(model, markers, args)
@@ -282,38 +349,57 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"model: Qwen3 architecture, hidden {args.hidden}, {args.layers} layers, {args.heads} heads "
-          f"({args.kv_heads} KV x {model.config.head_dim}), {args.dtype} on {args.device}, sdpa, random weights; "
-          f"torch threads {report['torch_threads']}")
+    print(
+        f"model: Qwen3 architecture, hidden {args.hidden}, {args.layers} layers, {args.heads} heads "
+        f"({args.kv_heads} KV x {model.config.head_dim}), {args.dtype} on {args.device}, sdpa, random weights; "
+        f"torch threads {report['torch_threads']}"
+    )
     if "cuda_max_memory_allocated" in report:
         print(f"peak CUDA memory allocated: {report['cuda_max_memory_allocated'] / 2**30:.2f} GiB")
     if "replay" in report:
         r = report["replay"]
         print(f"\n1. replay of one trace: {r['tokens']:,} tokens, {r['blocks']} blocks")
-        print(f"   peak KV bytes (measured from the tensors): memento {r['memento_peak_bytes'] / 2**20:.1f} MiB, "
-              f"vanilla {r['vanilla_peak_bytes'] / 2**20:.1f} MiB -> ratio {r['peak_bytes_ratio']:.3f} "
-              f"(simulator: {r['simulated_peak_ratio']:.3f}, equal: {r['measured_equals_simulated']})")
+        print(
+            f"   peak KV bytes (measured from the tensors): memento {r['memento_peak_bytes'] / 2**20:.1f} MiB, "
+            f"vanilla {r['vanilla_peak_bytes'] / 2**20:.1f} MiB -> ratio {r['peak_bytes_ratio']:.3f} "
+            f"(simulator: {r['simulated_peak_ratio']:.3f}, equal: {r['measured_equals_simulated']})"
+        )
         print(f"   KV AUC ratio {r['auc_bytes_ratio']:.3f}")
-        plain = ("" if r["ms_per_token_plain_transformers"] is None else
-                 f", plain transformers loop {r['ms_per_token_plain_transformers']:.3f}")
-        print(f"   ms/token: memento {r['ms_per_token_memento']:.3f}, same loop without eviction "
-              f"{r['ms_per_token_no_eviction']:.3f}{plain}")
-        versus_plain = ("" if r["time_ratio_vs_plain_transformers"] is None else
-                        f", vs plain transformers {r['time_ratio_vs_plain_transformers']:.3f}")
-        print(f"   time ratio vs no eviction {r['time_ratio_vs_no_eviction']:.3f} (goal <= 1.05){versus_plain}; "
-              f"masking machinery (state machine + cache surgery) = {100 * r['machinery_share_of_loop']:.2f} % "
-              "of the loop")
+        plain = (
+            ""
+            if r["ms_per_token_plain_transformers"] is None
+            else f", plain transformers loop {r['ms_per_token_plain_transformers']:.3f}"
+        )
+        print(
+            f"   ms/token: memento {r['ms_per_token_memento']:.3f}, same loop without eviction "
+            f"{r['ms_per_token_no_eviction']:.3f}{plain}"
+        )
+        versus_plain = (
+            ""
+            if r["time_ratio_vs_plain_transformers"] is None
+            else f", vs plain transformers {r['time_ratio_vs_plain_transformers']:.3f}"
+        )
+        print(
+            f"   time ratio vs no eviction {r['time_ratio_vs_no_eviction']:.3f} (goal <= 1.05){versus_plain}; "
+            f"masking machinery (state machine + cache surgery) = {100 * r['machinery_share_of_loop']:.2f} % "
+            "of the loop"
+        )
     if "batches" in report:
         b = report["batches"]
         s, f = b["same_batch"], b["fixed_budget"]
         print(f"\n2. batched decoding, {b['decode_tokens_per_row']:,} tokens per row")
-        print(f"   same batch ({s['memento']['rows']} rows): memento {s['memento']['tokens_per_s']:.0f} tok/s, "
-              f"vanilla {s['vanilla']['tokens_per_s']:.0f} tok/s -> ratio {s['throughput_ratio']:.3f} (goal >= 0.95); "
-              f"peak batch KV ratio {s['peak_batch_bytes_ratio']:.3f}")
-        print(f"   fixed KV budget {f['budget_bytes'] / 2**20:.1f} MiB (vanilla, {f['vanilla']['rows']} rows): memento fits "
-              f"{f['memento']['rows']} rows (peak {f['memento']['peak_batch_bytes'] / 2**20:.1f} MiB, within budget: "
-              f"{f['memento_within_budget']}); tok/s {f['memento']['tokens_per_s']:.0f} vs "
-              f"{f['vanilla']['tokens_per_s']:.0f} -> ratio {f['throughput_ratio']:.3f} (goal >= 1.5)")
+        print(
+            f"   same batch ({s['memento']['rows']} rows): memento {s['memento']['tokens_per_s']:.0f} tok/s, "
+            f"vanilla {s['vanilla']['tokens_per_s']:.0f} tok/s -> ratio {s['throughput_ratio']:.3f} (goal >= 0.95); "
+            f"peak batch KV ratio {s['peak_batch_bytes_ratio']:.3f}"
+        )
+        print(
+            f"   fixed KV budget {f['budget_bytes'] / 2**20:.1f} MiB (vanilla, {f['vanilla']['rows']} rows): "
+            f"memento fits "
+            f"{f['memento']['rows']} rows (peak {f['memento']['peak_batch_bytes'] / 2**20:.1f} MiB, within budget: "
+            f"{f['memento_within_budget']}); tok/s {f['memento']['tokens_per_s']:.0f} vs "
+            f"{f['vanilla']['tokens_per_s']:.0f} -> ratio {f['throughput_ratio']:.3f} (goal >= 1.5)"
+        )
 
 
 if __name__ == "__main__":

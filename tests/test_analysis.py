@@ -48,7 +48,9 @@ def random_traces(n: int, seed: int) -> list[TraceRecord]:
         n_blocks = rng.randint(0, 9)
         blocks = [text(rng.randint(1, 80)) for _ in range(n_blocks)]
         summaries = [text(rng.randint(1, 15)) for _ in range(n_blocks)]
-        response = build_response(blocks, summaries, "\n\n" + text(rng.randint(0, 20)), separator=rng.choice(["\n", "", "\n\n"]))
+        response = build_response(
+            blocks, summaries, "\n\n" + text(rng.randint(0, 20)), separator=rng.choice(["\n", "", "\n\n"])
+        )
         out.append(record(response, rng.choice(["math", "code", "science"]), f"rand:{i}", i))
     return out
 
@@ -99,7 +101,9 @@ def test_fixture_trace_measurements_match_the_segment_file_and_regex_counts():
     assert row["answer_chars"] == ref["answer_chars"] and row["answer_words"] == ref["answer_words"]
     assert row["char_ratio"] == pytest.approx(ref["summary_chars"] / ref["block_chars"])
     assert row["median_block_chars"] == statistics.median(s["char_len"] for s in blocks)
-    assert list(report.pairs["char_ratio"]) == pytest.approx([s["char_len"] / b["char_len"] for b, s in zip(blocks, summaries)])
+    assert list(report.pairs["char_ratio"]) == pytest.approx(
+        [s["char_len"] / b["char_len"] for b, s in zip(blocks, summaries)]
+    )
 
 
 def test_random_traces_agree_with_the_independent_computation_and_aggregates():
@@ -151,7 +155,9 @@ def test_token_counts_equal_encoding_each_piece_alone(tmp_path):
         assert row["block_tokens"] == block_tokens
         assert row["summary_tokens"] == summary_tokens
         assert row["tokens"] == len(backend.encode(item.response, add_special_tokens=False).ids)
-        assert row["tokens"] == row["block_tokens"] + row["summary_tokens"] + row["wrapper_tokens"] + row["answer_tokens"]
+        assert (
+            row["tokens"] == row["block_tokens"] + row["summary_tokens"] + row["wrapper_tokens"] + row["answer_tokens"]
+        )
         if summary_tokens:
             assert row["token_compression"] == pytest.approx(block_tokens / summary_tokens)
     # The four markers are one token each: a trace of k pairs has at least 4k + 2 wrapper tokens.

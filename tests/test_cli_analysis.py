@@ -18,7 +18,9 @@ DATA = Path(__file__).parent / "data"
 
 
 def memento(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mementokit", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mementokit", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_main_job_runs_on_the_shipped_sample_and_writes_the_report(tmp_path):
@@ -50,10 +52,24 @@ def test_json_output_is_one_object_and_writes_no_files(tmp_path):
 
 
 def test_field_mapping_and_csv_table(tmp_path):
-    rows = [{"prompt": "p", "cot": r["response"], "domain": "math"} for r in map(json.loads, sample_path().read_text().splitlines()[:3])]
+    rows = [
+        {"prompt": "p", "cot": r["response"], "domain": "math"}
+        for r in map(json.loads, sample_path().read_text().splitlines()[:3])
+    ]
     source = tmp_path / "mapped.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = memento("analyze", str(source), "--field", "response=cot", "--out", "o", "--no-plots", "--table-format", "csv", cwd=tmp_path)
+    result = memento(
+        "analyze",
+        str(source),
+        "--field",
+        "response=cot",
+        "--out",
+        "o",
+        "--no-plots",
+        "--table-format",
+        "csv",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(tmp_path / "o" / "traces.csv")) == 3
 
@@ -67,7 +83,10 @@ def test_field_mapping_and_csv_table(tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_line_and_skip_bad_counts_it(tmp_path, content, expected):
-    good = json.dumps({"response": "<think><|block_start|>a<|block_end|><|summary_start|>m<|summary_end|></think>x"}) + "\n"
+    good = (
+        json.dumps({"response": "<think><|block_start|>a<|block_end|><|summary_start|>m<|summary_end|></think>x"})
+        + "\n"
+    )
     (tmp_path / "bad.jsonl").write_text(good + content)
     result = memento("analyze", "bad.jsonl", "--json", cwd=tmp_path)
     assert result.returncode == 2

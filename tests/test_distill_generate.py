@@ -264,6 +264,7 @@ metadata:
     assert result.exit_code == 0, result.output
     assert "setting 'hf_repo_id' is not supported here and was ignored" in result.stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    rows.sort(key=lambda row: row["metadata"]["sample_idx"])  # two threads: rows land in completion order
     assert len(rows) == 2 and rows[0]["metadata"]["description"].startswith("Memory distillation")
     assert rows[1]["metadata"]["strategy"] == "rolling_window" and rows[1]["metadata"]["memory_entries"] == 3
     assert rows[0]["system_prompt"].startswith("Answer with one number.\n\nYou will be given")

@@ -87,7 +87,18 @@ def test_a_valid_trace_has_no_problems_and_exact_offsets():
     trace = parse_response(text)
     assert trace.is_valid
     kinds = [s.kind for s in trace.segments]
-    assert kinds == [Kind.PREFIX, Kind.THINK_START, Kind.BLOCK, Kind.TEXT, Kind.SUMMARY, Kind.TEXT, Kind.BLOCK, Kind.SUMMARY, Kind.THINK_END, Kind.ANSWER]
+    assert kinds == [
+        Kind.PREFIX,
+        Kind.THINK_START,
+        Kind.BLOCK,
+        Kind.TEXT,
+        Kind.SUMMARY,
+        Kind.TEXT,
+        Kind.BLOCK,
+        Kind.SUMMARY,
+        Kind.THINK_END,
+        Kind.ANSWER,
+    ]
     first = trace.blocks[0]
     assert text[first.start : first.end] == f"{BS}one two{BE}"
     assert text[first.content_start : first.content_end] == "one two"
@@ -124,13 +135,20 @@ def test_each_validation_problem_is_named_with_its_offset(text, problem, offset)
 def test_memento_attaches_to_the_most_recent_closed_block_without_one():
     # Two blocks closed before any memento: the memento belongs to the second (the state machine's rule).
     trace = parse_response(f"<think>{BS}a{BE}{BS}b{BE}{SS}m{SE}</think>")
-    (block, summary), = trace.pairs()
+    ((block, summary),) = trace.pairs()
     assert block.index == 1 and summary.index == 1
     assert problems_of(trace.response) == [Problem.BLOCK_WITHOUT_SUMMARY]
 
 
 def test_custom_markers_are_honoured():
-    markers = Markers(think_start="<t>", think_end="</t>", block_start="[B]", block_end="[/B]", summary_start="[S]", summary_end="[/S]")
+    markers = Markers(
+        think_start="<t>",
+        think_end="</t>",
+        block_start="[B]",
+        block_end="[/B]",
+        summary_start="[S]",
+        summary_end="[/S]",
+    )
     text = build_response(["x y"], ["m"], "ans", markers=markers)
     assert text == "<t>[B]x y[/B]\n[S]m[/S]\n</t>ans"
     trace = parse_response(text, markers)
@@ -175,10 +193,21 @@ def test_segments_are_matched_by_block_index_not_position():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet="abc .,\n", min_size=1, max_size=8).filter(lambda s: s.strip() == s and s), min_size=1, max_size=12), st.data())
+@given(
+    st.lists(
+        st.text(alphabet="abc .,\n", min_size=1, max_size=8).filter(lambda s: s.strip() == s and s),
+        min_size=1,
+        max_size=12,
+    ),
+    st.data(),
+)
 def test_full_row_round_trip(sentences, data):
     # Random tiling of the sentences into blocks, inclusive [start, end].
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(sentences) - 1), max_size=len(sentences) - 1)) if len(sentences) > 1 else set())
+    cuts = sorted(
+        data.draw(st.sets(st.integers(1, len(sentences) - 1), max_size=len(sentences) - 1))
+        if len(sentences) > 1
+        else set()
+    )
     bounds = [0, *cuts, len(sentences)]
     blocks = [[bounds[i], bounds[i + 1] - 1] for i in range(len(bounds) - 1)]
     row = {"sentences": sentences, "blocks": blocks, "block_summaries": [f"s{i}" for i in range(len(blocks))]}
@@ -239,7 +268,11 @@ def naive_compress(text: str, keep_last: int, keep_delimiters: bool) -> str:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.text("ab \n", max_size=6), st.text("xy \n", max_size=4)), max_size=6), st.integers(0, 7), st.booleans())
+@given(
+    st.lists(st.tuples(st.text("ab \n", max_size=6), st.text("xy \n", max_size=4)), max_size=6),
+    st.integers(0, 7),
+    st.booleans(),
+)
 def test_compress_keeps_last_k_blocks_and_everything_else_verbatim(pairs, keep_last, keep_delimiters):
     text = build_response([b for b, _ in pairs], [s for _, s in pairs], " answer\n", separator="\n\n")
     trace = parse_response(text)
@@ -259,7 +292,9 @@ def test_fixture_compression_matches_the_block_arithmetic():
     blocks = [s for s in data["segments"] if s["type"] == "block"]
     dropped_chars = sum(s["char_len"] + len(BS) + len(BE) for s in blocks[:-1])
     assert len(compress_trace(trace, 1)) == len(trace.response) - dropped_chars
-    assert len(compress_trace(trace, 1, keep_delimiters=True)) == len(trace.response) - dropped_chars + 4 * (len(BS) + len(BE))
+    assert len(compress_trace(trace, 1, keep_delimiters=True)) == len(trace.response) - dropped_chars + 4 * (
+        len(BS) + len(BE)
+    )
 
 
 @settings(max_examples=600, deadline=None)
@@ -279,12 +314,15 @@ def test_fast_path_for_valid_responses_equals_the_general_parser(parts, make_val
     assert parse_response(text).pair_spans() == general.pair_spans()
 
 
-@pytest.mark.parametrize("after", [
-    "The answer is 4.",
-    "first</think> second",  # a second </think> stays in the answer
-    "x <|block_start|>late<|block_end|> y<|summary_end|>",  # stray markers after </think> too
-    "",
-])
+@pytest.mark.parametrize(
+    "after",
+    [
+        "The answer is 4.",
+        "first</think> second",  # a second </think> stays in the answer
+        "x <|block_start|>late<|block_end|> y<|summary_end|>",  # stray markers after </think> too
+        "",
+    ],
+)
 def test_answer_is_everything_after_the_first_think_end_verbatim(after):
     response = f"<think>{M.block_start}a{M.block_end}{M.summary_start}s{M.summary_end}</think>" + after
     trace = parse_response(response)

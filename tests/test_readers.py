@@ -50,8 +50,14 @@ def response(i: int, blocks: int = 2) -> str:
 
 def make_rows(domain: str, count: int, start: int = 0) -> list[dict]:
     return [
-        {"id": f"{domain}-{start + j}", "problem": f"problem {start + j}", "response": response(start + j),
-         "domain": domain, "source": f"src-{domain}", "difficulty": j % 5}
+        {
+            "id": f"{domain}-{start + j}",
+            "problem": f"problem {start + j}",
+            "response": response(start + j),
+            "domain": domain,
+            "source": f"src-{domain}",
+            "difficulty": j % 5,
+        }
         for j in range(count)
     ]
 
@@ -270,7 +276,9 @@ def test_an_unreachable_hub_name_is_one_input_error():
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
-    assert out.startswith("INPUTERROR nobody-xyz/no-such-dataset: cannot open the dataset (config 'default', split 'train')")
+    assert out.startswith(
+        "INPUTERROR nobody-xyz/no-such-dataset: cannot open the dataset (config 'default', split 'train')"
+    )
 
 
 # -------------------------------------------------------------------------------- lazy, bounded reading
@@ -300,7 +308,9 @@ def test_reading_the_first_parquet_row_does_not_decode_the_rest(tmp_path):
     path = write_parquet(tmp_path / "part.parquet", rows, row_group_size=50)
     data = bytearray(path.read_bytes())
     footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
-    data[footer_start // 2 : footer_start - 16] = os.urandom(footer_start - 16 - footer_start // 2)  # ruin later row groups
+    data[footer_start // 2 : footer_start - 16] = os.urandom(
+        footer_start - 16 - footer_start // 2
+    )  # ruin later row groups
     path.write_bytes(bytes(data))
     assert next(iter_rows(path)).data == rows[0]
     with pytest.raises(InputError) as caught:
@@ -320,6 +330,7 @@ def _peak_python_memory(run) -> int:
 @pytest.mark.parametrize("kind", ["jsonl", "json"])
 def test_memory_stays_flat_as_the_file_grows(tmp_path, kind):
     """Peak Python memory while reading everything: bounded by a row and the read window, not the file."""
+
     def peak_for(row_count: int) -> tuple[int, int]:
         rows = [dict(r, response=r["response"] + "x" * 10_000) for r in make_rows("math", row_count)]
         path = tmp_path / f"big-{row_count}.{kind}"
@@ -372,6 +383,7 @@ def test_a_stratified_read_covers_every_domain_in_its_first_rows(hub_folder, rea
 @pytest.mark.parametrize("reader", [None, "hub"])
 def test_the_same_seed_gives_the_same_order_and_another_seed_another(hub_folder, reader):
     root, _ = hub_folder
+
     def order(seed):
         return ids(iter_rows(root, reader=reader, shuffle_seed=seed, shuffle_buffer=16))
 
@@ -381,7 +393,9 @@ def test_the_same_seed_gives_the_same_order_and_another_seed_another(hub_folder,
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "json", "parquet", "disk", "folder", "hub"])
-@pytest.mark.parametrize("sampling", [{"shuffle_seed": 11}, {"stratify_by": "domain"}, {"shuffle_seed": 5, "stratify_by": "domain"}])
+@pytest.mark.parametrize(
+    "sampling", [{"shuffle_seed": 11}, {"stratify_by": "domain"}, {"shuffle_seed": 5, "stratify_by": "domain"}]
+)
 def test_every_row_comes_exactly_once_without_a_limit(tmp_path, hub_folder, kind, sampling):
     rows = make_rows("math", 30) + make_rows("code", 10) + make_rows("science", 20)
     options = {}
@@ -515,7 +529,9 @@ def test_a_segments_row_gets_its_response_built():
     raw = json.loads((FIXTURES / "memento_trace_aime2025_p5.json").read_text())
     assert trace.source == "AIME 2025 Problem 5" and trace.raw["segments"] == raw["segments"]
     blocks = [s["text"] for s in raw["segments"] if s["type"] == "block"]
-    assert trace.response.startswith("<think><|block_start|>") and trace.response.count("<|block_start|>") == len(blocks)
+    assert trace.response.startswith("<think><|block_start|>") and trace.response.count("<|block_start|>") == len(
+        blocks
+    )
     for block in blocks:
         assert f"<|block_start|>{block}<|block_end|>" in trace.response
     assert trace.response.endswith(next(s["text"] for s in raw["segments"] if s["type"] == "answer"))
@@ -608,10 +624,21 @@ def test_a_problem_that_is_not_a_string_is_a_wrong_type(tmp_path):
 def test_traces_skip_bad_counts_every_kind_and_limit_counts_traces(tmp_path):
     good = make_rows("math", 4)
     path = tmp_path / "mixed.jsonl"
-    path.write_text("\n".join([
-        json.dumps(good[0]), "{bad", json.dumps({"problem": "no response"}), json.dumps(good[1]),
-        json.dumps({"response": 1}), "7", json.dumps(good[2]), json.dumps(good[3]),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good[0]),
+                "{bad",
+                json.dumps({"problem": "no response"}),
+                json.dumps(good[1]),
+                json.dumps({"response": 1}),
+                "7",
+                json.dumps(good[2]),
+                json.dumps(good[3]),
+            ]
+        )
+        + "\n"
+    )
     stats = ReadStats()
     got = list(iter_traces(path, skip_bad=True, stats=stats, limit=3))
     assert ids(got) == ["math-0", "math-1", "math-2"] and [t.index for t in got] == [0, 1, 2]
@@ -698,8 +725,11 @@ def test_standard_input_is_read_as_json_lines():
     rows = make_rows("math", 2)
     code = "from mementokit.io import iter_rows\nfor r in iter_rows('-'): print(r.origin, r.data['id'])\n"
     out = subprocess.run(
-        [sys.executable, "-c", code], input="".join(json.dumps(r) + "\n" for r in rows),
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        input="".join(json.dumps(r) + "\n" for r in rows),
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     assert out.splitlines() == ["<stdin>:1 math-0", "<stdin>:2 math-1"]
 

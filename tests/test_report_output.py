@@ -101,7 +101,9 @@ def test_scatter_keeps_every_pair_under_the_limit(report):
 
 def test_scatter_subsample_is_the_same_for_the_same_seed(report):
     first, second = block_vs_summary_points(report, max_points=300), block_vs_summary_points(report, max_points=300)
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first.values(), second.values()))
+    assert all(
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first.values(), second.values())
+    )
 
 
 def test_plots_survive_a_domain_without_any_block_memento_pair(tmp_path):
@@ -125,7 +127,9 @@ def test_token_ratios_are_drawn_and_tabulated_when_a_tokenizer_was_used(tmp_path
     from helpers_tokenizer import build_tiny_tokenizer
 
     build_tiny_tokenizer(tmp_path)
-    report = analyze_traces(as_inputs(list(synthetic_rows(9, seed=2))), tokenizer=str(tmp_path / "tiny-tokenizer"), workers=1)
+    report = analyze_traces(
+        as_inputs(list(synthetic_rows(9, seed=2))), tokenizer=str(tmp_path / "tiny-tokenizer"), workers=1
+    )
     assert "token_ratio" in report.pairs.columns
     figures = plot_all(report, tmp_path / "out")
     assert_valid_png(figures["ratio_cdf"])
@@ -164,23 +168,43 @@ def test_the_report_table_has_a_row_per_domain_and_overall_with_the_summary_numb
     html = written[2].read_text(encoding="utf-8")
     summary = report.summary()
     assert '<table class="summary">' in html
-    for header in ("traces", "valid", "invalid (by problem)", "blocks per trace", "block chars", "memento chars",
-                   "block words", "memento words", "char ratio", "word ratio"):
+    for header in (
+        "traces",
+        "valid",
+        "invalid (by problem)",
+        "blocks per trace",
+        "block chars",
+        "memento chars",
+        "block words",
+        "memento words",
+        "char ratio",
+        "word ratio",
+    ):
         assert f"<th>{header}</th>" in html
     for name, group in [*summary["by_domain"].items(), ("overall", summary["overall"])]:
         ratio = group["per_block"]["char_ratio"]
-        row = re.search(rf"<tr[^>]*><td>{name}</td><td>{group['traces']:,}</td><td>{group['valid']:,}</td>.*?</tr>", html)
+        row = re.search(
+            rf"<tr[^>]*><td>{name}</td><td>{group['traces']:,}</td><td>{group['valid']:,}</td>.*?</tr>", html
+        )
         assert row, name
         # the ratios sit in the compression table (three narrow tables fit an 800-pixel window): the domain's row
         # there starts with the char ratio, median with p10 - p90 under it
-        assert re.search(rf"<tr[^>]*><td>{name}</td><td>{ratio['median']:.3f}<small>{ratio['p10']:.3f} – "
-                         rf"{ratio['p90']:.3f}</small></td>", html), name
+        assert re.search(
+            rf"<tr[^>]*><td>{name}</td><td>{ratio['median']:.3f}<small>{ratio['p10']:.3f} – "
+            rf"{ratio['p90']:.3f}</small></td>",
+            html,
+        ), name
     assert summary["overall"]["traces"] == N_SYNTHETIC + 1
 
 
 def test_the_report_says_how_many_traces_are_synthetic_and_where_the_real_ones_come_from(report, written):
     html = written[2].read_text(encoding="utf-8")
-    assert provenance(report) == {"traces": N_SYNTHETIC + 1, "synthetic": N_SYNTHETIC, "real": 1, "real_sources": {SAMPLE_REAL_SOURCE: 1}}
+    assert provenance(report) == {
+        "traces": N_SYNTHETIC + 1,
+        "synthetic": N_SYNTHETIC,
+        "real": 1,
+        "real_sources": {SAMPLE_REAL_SOURCE: 1},
+    }
     assert f"<b>{N_SYNTHETIC} synthetic</b>" in html and "<b>1 real</b>" in html
     assert SAMPLE_REAL_SOURCE in html
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from helpers_models import build_tiny_model
 from helpers_tokenizer import build_tiny_tokenizer
-
 from mementokit.errors import ConfigError
 from mementokit.sft import DEFAULT_INIT_WORDS, add_memento_tokens, init_token_embeddings, related_token_ids
 
@@ -54,8 +54,10 @@ def test_the_noise_has_the_requested_size_and_is_seeded(tmp_path, tied):
         means = {}
         for marker in MARKERS:
             sources = related_token_ids(tokenizer, DEFAULT_INIT_WORDS[marker])
-            means[marker] = (model.get_input_embeddings().weight[sources].mean(0).detach(),
-                             model.get_output_embeddings().weight[sources].mean(0).detach())
+            means[marker] = (
+                model.get_input_embeddings().weight[sources].mean(0).detach(),
+                model.get_output_embeddings().weight[sources].mean(0).detach(),
+            )
         report = add_memento_tokens(model, tokenizer, sigma=sigma, seed=seed)
         noise = []
         for marker in MARKERS:

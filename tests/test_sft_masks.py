@@ -41,14 +41,25 @@ def check_batch_against_dense(batch, examples, config, markers) -> None:
 
 configs = st.builds(
     lambda keep, delimiters, answer, restart: BlockMaskingConfig(
-        keep_last_n_blocks=keep, mask_delimiters=delimiters, keep_last_block_for_answer=answer, restart_mode=restart),
-    st.integers(0, 3), st.booleans(), st.booleans(), st.booleans())
+        keep_last_n_blocks=keep, mask_delimiters=delimiters, keep_last_block_for_answer=answer, restart_mode=restart
+    ),
+    st.integers(0, 3),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config=configs, seed=st.integers(0, 10_000), count=st.integers(1, 4), max_length=st.one_of(st.none(), st.integers(20, 70)))
-def test_collator_mask_is_the_dense_mask_of_each_example_and_padding_is_never_visible(tokenizer, config, seed,
-                                                                                      count, max_length):
+@given(
+    config=configs,
+    seed=st.integers(0, 10_000),
+    count=st.integers(1, 4),
+    max_length=st.one_of(st.none(), st.integers(20, 70)),
+)
+def test_collator_mask_is_the_dense_mask_of_each_example_and_padding_is_never_visible(
+    tokenizer, config, seed, count, max_length
+):
     rng = random.Random(seed)
     traces = [short_trace(rng, blocks=rng.randint(0, 4), nested=rng.random() < 0.5) for _ in range(count)]
     sft = SFTTokenizer(tokenizer, stage=2, block_masking=config, max_length=max_length)
@@ -64,8 +75,12 @@ def test_collator_mask_matches_on_random_token_sequences_with_nesting_and_stray_
     rng = random.Random(seed)
     markers = resolve_marker_ids(tokenizer, config)
     ordinary = list(range(10, 200))
-    sequences = [memento_token_sequence(rng, markers, ordinary, blocks=rng.randint(0, 5), stray_markers=True,
-                                        open_tail=rng.random() < 0.3) for _ in range(3)]
+    sequences = [
+        memento_token_sequence(
+            rng, markers, ordinary, blocks=rng.randint(0, 5), stray_markers=True, open_tail=rng.random() < 0.3
+        )
+        for _ in range(3)
+    ]
 
     class Row:  # an SFTExample-like object: the collator takes attributes as well as dict rows
         def __init__(self, ids):
@@ -110,10 +125,14 @@ def test_a_causal_4d_mask_through_the_window_adapter_matches_transformers_own_sl
     theirs = MementoCollator(pad_token_id=0, stage=1)(rows)
     with torch.no_grad():
         expected = model(input_ids=theirs["input_ids"], attention_mask=theirs["attention_mask"]).logits
-        got = model(input_ids=ours["input_ids"], attention_mask=attention_mask_for_model(model, ours["attention_mask"]),
-                    position_ids=ours["position_ids"]).logits
-        unwindowed = model(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"],
-                           position_ids=ours["position_ids"]).logits
+        got = model(
+            input_ids=ours["input_ids"],
+            attention_mask=attention_mask_for_model(model, ours["attention_mask"]),
+            position_ids=ours["position_ids"],
+        ).logits
+        unwindowed = model(
+            input_ids=ours["input_ids"], attention_mask=ours["attention_mask"], position_ids=ours["position_ids"]
+        ).logits
     real = theirs["attention_mask"].bool()
     torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-4)
     assert (unwindowed[real] - expected[real]).abs().max() > 1e-3  # the adapter is what makes them agree
@@ -132,8 +151,15 @@ def isolation_case(tokenizer, seed: int = 0):
 def per_token_loss(model, batch, input_ids=None, inputs_embeds=None):
     """Cross-entropy of each next-token prediction: [L - 1], entry q is the loss of the logits at query q."""
     kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
-    logits = model(**kwargs, attention_mask=attention_mask_for_model(model, batch["attention_mask"]),
-                   position_ids=batch["position_ids"]).logits[0].float()  # [L, V]
+    logits = (
+        model(
+            **kwargs,
+            attention_mask=attention_mask_for_model(model, batch["attention_mask"]),
+            position_ids=batch["position_ids"],
+        )
+        .logits[0]
+        .float()
+    )  # [L, V]
     return torch.nn.functional.cross_entropy(logits[:-1], batch["labels"][0, 1:].clamp(min=0), reduction="none")
 
 
@@ -181,8 +207,12 @@ def test_in_every_layer_no_later_query_puts_weight_on_the_finished_block(tokeniz
     model = build_tiny_model("qwen3", len(tokenizer), attn_implementation="eager")
     for stage in (2, 1):
         batch = MementoCollator(pad_token_id=0, stage=stage)([example.to_row()])
-        attentions = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           position_ids=batch["position_ids"], output_attentions=True).attentions
+        attentions = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            output_attentions=True,
+        ).attentions
         weight = torch.stack([a[0, :, trigger:, key_start:key_stop] for a in attentions])  # [layers, heads, q, k]
         assert (weight == 0).all() if stage == 2 else (weight > 0).all()
     # What the mask does not promise: with two layers the memento's own keys were computed while the block was
@@ -201,8 +231,9 @@ def test_eager_and_sdpa_agree_on_a_padded_stage_two_batch(tokenizer):
     logits = {}
     for attn in ("eager", "sdpa"):
         model = build_tiny_model("qwen3", len(tokenizer), attn_implementation=attn)
-        logits[attn] = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             position_ids=batch["position_ids"]).logits
+        logits[attn] = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
     assert torch.isfinite(logits["eager"]).all() and torch.isfinite(logits["sdpa"]).all()
     real = batch["labels"] != -100
     torch.testing.assert_close(logits["sdpa"][real], logits["eager"][real], rtol=1e-4, atol=1e-4)
@@ -213,8 +244,13 @@ CUT_MARKERS = MarkerIds(block_start=10, block_end=11, summary_start=12, summary_
 CUT_TOKENS = st.lists(st.sampled_from([10, 11, 12, 13, 1, 2]), min_size=1, max_size=24)
 cut_configs = st.builds(
     lambda keep, delimiters, answer, restart: BlockMaskingConfig(
-        keep_last_n_blocks=keep, mask_delimiters=delimiters, keep_last_block_for_answer=answer, restart_mode=restart),
-    st.integers(0, 2), st.booleans(), st.booleans(), st.booleans())
+        keep_last_n_blocks=keep, mask_delimiters=delimiters, keep_last_block_for_answer=answer, restart_mode=restart
+    ),
+    st.integers(0, 2),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
 
 
 def test_restart_mode_cut_before_the_summary_end_hides_nothing():

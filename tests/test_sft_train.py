@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers_sft import save_tiny_model, short_traces
-from helpers_tokenizer import build_tiny_tokenizer
 from safetensors.torch import load_file
 
+from helpers_sft import save_tiny_model, short_traces
+from helpers_tokenizer import build_tiny_tokenizer
 from mementokit.blocks import BlockMaskingConfig
 from mementokit.errors import ConfigError
 from mementokit.sft import (
@@ -30,8 +30,13 @@ MASKING = BlockMaskingConfig(keep_last_n_blocks=0, mask_delimiters=False)
 def make_data(folder, *, stage: int, n: int = 8):
     tokenizer = build_tiny_tokenizer(folder, with_markers=False)  # the export adds the markers (601 -> 605 ids)
     sft = SFTTokenizer(tokenizer, stage=stage, block_masking=MASKING if stage == 2 else None)
-    export_sft_dataset(sft.tokenize(iter_chat_examples(short_traces(n, seed=7, blocks=2))), folder / "data",
-                       metadata=sft.metadata(), stats=sft.stats, tokenizer=tokenizer)
+    export_sft_dataset(
+        sft.tokenize(iter_chat_examples(short_traces(n, seed=7, blocks=2))),
+        folder / "data",
+        metadata=sft.metadata(),
+        stats=sft.stats,
+        tokenizer=tokenizer,
+    )
     return folder / "data"
 
 
@@ -47,8 +52,19 @@ def base_model(tmp_path_factory):
 
 
 def config(model, data, out, **overrides) -> TrainConfig:
-    values = {"model": str(model), "data": str(data), "out": str(out), "stage": 2, "max_steps": 4, "batch_size": 2,
-              "learning_rate": 3e-3, "warmup_steps": 1, "lr_scheduler": "linear", "seed": 3, "device": "cpu"}
+    values = {
+        "model": str(model),
+        "data": str(data),
+        "out": str(out),
+        "stage": 2,
+        "max_steps": 4,
+        "batch_size": 2,
+        "learning_rate": 3e-3,
+        "warmup_steps": 1,
+        "lr_scheduler": "linear",
+        "seed": 3,
+        "device": "cpu",
+    }
     return TrainConfig(**{**values, **overrides})
 
 
@@ -93,8 +109,9 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(stage2_data,
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        train(config(base_model, stage2_data, tmp_path / "cut", save_steps=2, max_steps=5),
-              on_step=stop_after_step_three)
+        train(
+            config(base_model, stage2_data, tmp_path / "cut", save_steps=2, max_steps=5), on_step=stop_after_step_three
+        )
     assert latest_checkpoint(tmp_path / "cut").name == "checkpoint-2"
     resumed = train(config(base_model, stage2_data, tmp_path / "cut", save_steps=2, max_steps=5, resume="auto"))
     assert resumed.resumed_from.endswith("checkpoint-2")
@@ -118,7 +135,8 @@ def test_gradient_accumulation_equals_one_big_batch(stage2_data, base_model, tmp
     # gradient element within float noise of zero may legitimately land a whole step apart.
     assert [r["loss"] for r in accumulated.history] == pytest.approx([r["loss"] for r in big.history], rel=1e-5)
     assert mean_loss(accumulated.final_dir, stage2_data, 2) == pytest.approx(
-        mean_loss(big.final_dir, stage2_data, 2), rel=1e-4)
+        mean_loss(big.final_dir, stage2_data, 2), rel=1e-4
+    )
 
 
 def test_stage_one_trains_on_stage_one_data_and_stage_two_refuses_it(base_model, tmp_path):
@@ -137,6 +155,7 @@ def test_resuming_with_another_batch_shape_is_refused(stage2_data, base_model, t
 
 def test_bf16_autocast_trains_with_both_attention_paths(stage2_data, base_model, tmp_path):
     for attn in ("sdpa", "eager"):
-        result = train(config(base_model, stage2_data, tmp_path / attn, max_steps=2, bf16=True,
-                              attn_implementation=attn))
+        result = train(
+            config(base_model, stage2_data, tmp_path / attn, max_steps=2, bf16=True, attn_implementation=attn)
+        )
         assert result.bf16 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)

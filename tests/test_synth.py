@@ -43,7 +43,21 @@ def measured(rows) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         trace = parse_response(row["response"])
-        m = out.setdefault(row["domain"], {k: [] for k in ("blocks", "block_chars", "memento_chars", "char_ratio", "word_ratio", "trace_block", "trace_memento")})
+        m = out.setdefault(
+            row["domain"],
+            {
+                k: []
+                for k in (
+                    "blocks",
+                    "block_chars",
+                    "memento_chars",
+                    "char_ratio",
+                    "word_ratio",
+                    "trace_block",
+                    "trace_memento",
+                )
+            },
+        )
         m["blocks"].append(len(trace.blocks))
         total_block = total_memento = 0
         for block, memento in trace.pairs():

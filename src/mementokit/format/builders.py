@@ -54,7 +54,9 @@ def _field(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...], whe
         raise InputError("missing field", path=where, field=name)
     value = row[name]
     if not isinstance(value, kind):
-        raise InputError(f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}", path=where, field=name)
+        raise InputError(
+            f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}", path=where, field=name
+        )
     return value
 
 
@@ -63,7 +65,9 @@ def _blocks_from_sentences(row: Mapping[str, Any], where: str | None, joiner: st
     spans = _field(row, "blocks", (list, tuple), where)
     summaries = list(_field(row, "block_summaries", (list, tuple), where))
     if len(spans) != len(summaries):
-        raise InputError(f"{len(spans)} blocks but {len(summaries)} block_summaries", path=where, field="block_summaries")
+        raise InputError(
+            f"{len(spans)} blocks but {len(summaries)} block_summaries", path=where, field="block_summaries"
+        )
     texts, expected_start = [], 0
     for i, span in enumerate(spans):
         if len(span) != 2:
@@ -71,13 +75,21 @@ def _blocks_from_sentences(row: Mapping[str, Any], where: str | None, joiner: st
         start, end = int(span[0]), int(span[1])
         # Inclusive ends (formats.md): block [0, 4] covers five sentences.
         if not (0 <= start <= end < len(sentences)):
-            raise InputError(f"block {i} = [{start}, {end}] is outside 0..{len(sentences) - 1}", path=where, field="blocks")
+            raise InputError(
+                f"block {i} = [{start}, {end}] is outside 0..{len(sentences) - 1}", path=where, field="blocks"
+            )
         if start != expected_start:
-            raise InputError(f"block {i} starts at sentence {start}, expected {expected_start} (blocks must tile the sentences)", path=where, field="blocks")
+            raise InputError(
+                f"block {i} starts at sentence {start}, expected {expected_start} (blocks must tile the sentences)",
+                path=where,
+                field="blocks",
+            )
         texts.append(joiner.join(sentences[start : end + 1]))
         expected_start = end + 1
     if spans and expected_start != len(sentences):
-        raise InputError(f"blocks end at sentence {expected_start - 1} but there are {len(sentences)}", path=where, field="blocks")
+        raise InputError(
+            f"blocks end at sentence {expected_start - 1} but there are {len(sentences)}", path=where, field="blocks"
+        )
     return texts, [str(s) for s in summaries]
 
 
@@ -144,7 +156,11 @@ def response_from_segments(
             answer_parts.append(text)
             continue
         if kind not in ("block", "summary"):
-            raise InputError(f"segment {i} has type {kind!r}, expected block, summary or answer", path=where, field=f"segments[{i}].type")
+            raise InputError(
+                f"segment {i} has type {kind!r}, expected block, summary or answer",
+                path=where,
+                field=f"segments[{i}].type",
+            )
         idx = seg.get("block_idx")
         if not isinstance(idx, int):
             raise InputError(f"segment {i} has no integer block_idx", path=where, field=f"segments[{i}].block_idx")
@@ -153,10 +169,16 @@ def response_from_segments(
             raise InputError(f"two {kind} segments with block_idx {idx}", path=where, field=f"segments[{i}].block_idx")
         target[idx] = text
     if set(blocks) != set(summaries):
-        raise InputError(f"blocks {sorted(blocks)} and summaries {sorted(summaries)} do not match by block_idx", path=where, field="segments")
+        raise InputError(
+            f"blocks {sorted(blocks)} and summaries {sorted(summaries)} do not match by block_idx",
+            path=where,
+            field="segments",
+        )
     order = sorted(blocks)
     answer = "".join(answer_parts)  # verbatim after </think>
-    return build_response([blocks[i] for i in order], [summaries[i] for i in order], answer, markers=markers, separator=separator)
+    return build_response(
+        [blocks[i] for i in order], [summaries[i] for i in order], answer, markers=markers, separator=separator
+    )
 
 
 def response_from_row(row: Mapping[str, Any], *, markers: Markers = DEFAULT_MARKERS, where: str | None = None) -> str:
@@ -192,7 +214,10 @@ def full_row_from_trace(trace: Trace, sentences: Sequence[str]) -> dict[str, Any
             pos = found + len(sentence)
             next_sentence += 1
         if next_sentence == first or text[pos:].strip():
-            raise InputError(f"block {block.index} is not made of consecutive sentences starting at sentence {first}", field="sentences")
+            raise InputError(
+                f"block {block.index} is not made of consecutive sentences starting at sentence {first}",
+                field="sentences",
+            )
         spans.append([first, next_sentence - 1])
     if next_sentence != len(sentences):
         raise InputError(f"{len(sentences) - next_sentence} sentences are in no block", field="sentences")

@@ -15,7 +15,9 @@ def plot_cache_curves(curves: Sequence[tuple[str, CacheStats]], path: str | Path
     ax = fig.subplots()
     longest = 0
     for label, stats in curves:
-        ax.plot(stats.positions, stats.cache_tokens, linewidth=1.2, label=f"{label} (peak {stats.peak_tokens:,} tokens)")
+        ax.plot(
+            stats.positions, stats.cache_tokens, linewidth=1.2, label=f"{label} (peak {stats.peak_tokens:,} tokens)"
+        )
         longest = max(longest, stats.logical_tokens)
     ax.plot([0, longest], [0, longest], color="#7f7f7f", linestyle="--", linewidth=1, label="vanilla cache")
     ax.set_xlabel("tokens processed (logical)")

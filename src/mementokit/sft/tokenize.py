@@ -2,7 +2,8 @@
 
     sft = SFTTokenizer(tokenizer, max_length=8192, stage=2,
                        block_masking=BlockMaskingConfig(keep_last_n_blocks=0, mask_delimiters=False))
-    for example in sft.tokenize(iter_chat_examples("traces.jsonl")): example.input_ids, example.labels, example.mask_spans
+    for example in sft.tokenize(iter_chat_examples("traces.jsonl")):
+        example.input_ids, example.labels, example.mask_spans
     sft.stats.as_dict()        # counts, truncation, token statistics
 
 Prompt and completion are tokenized separately and concatenated, as at inference (the prompt is encoded alone,
@@ -131,9 +132,13 @@ class TokenizeStats:
             "tokens": int(lengths.sum()),
             "prompt_tokens": self.prompt_tokens,
             "label_tokens": self.label_tokens,
-            "tokens_per_example": {"mean": float(lengths.mean()) if lengths.size else None, "median": pct(50),
-                                   "p90": pct(90), "max": int(lengths.max()) if lengths.size else None,
-                                   "min": int(lengths.min()) if lengths.size else None},
+            "tokens_per_example": {
+                "mean": float(lengths.mean()) if lengths.size else None,
+                "median": pct(50),
+                "p90": pct(90),
+                "max": int(lengths.max()) if lengths.size else None,
+                "min": int(lengths.min()) if lengths.size else None,
+            },
             "blocks_completed": self.blocks_completed,
             "hidden_attention_fraction": self.hidden_pairs / self.causal_pairs if self.causal_pairs else 0.0,
             "domains": dict(sorted(self.domains.items())),
@@ -149,9 +154,17 @@ class SFTTokenizer:
     match how the model will be served); for stage 1 it only names the markers for the statistics.
     """
 
-    def __init__(self, tokenizer, *, stage: int = 1, block_masking: BlockMaskingConfig | None = None,
-                 max_length: int | None = None, overflow: str = "truncate", render_mode: str = "verbatim",
-                 add_markers: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        stage: int = 1,
+        block_masking: BlockMaskingConfig | None = None,
+        max_length: int | None = None,
+        overflow: str = "truncate",
+        render_mode: str = "verbatim",
+        add_markers: bool = True,
+    ):
         if stage not in STAGES:
             raise ConfigError(f"stage must be 1 (full attention) or 2 (memento attention), got {stage!r}")
         if overflow not in OVERFLOW_MODES:
@@ -160,11 +173,15 @@ class SFTTokenizer:
             raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
         if stage == 2:
             if block_masking is None:
-                raise ConfigError("stage 2 needs a block-masking config (keep_last_n_blocks and mask_delimiters "
-                                  "must match how the model will be served)")
+                raise ConfigError(
+                    "stage 2 needs a block-masking config (keep_last_n_blocks and mask_delimiters "
+                    "must match how the model will be served)"
+                )
             if not block_masking.evicts:
-                raise ConfigError("stage 2 with a block-masking config that never evicts is stage 1: set enable, "
-                                  "compact_on_summary_end and keep_last_n_blocks >= 0")
+                raise ConfigError(
+                    "stage 2 with a block-masking config that never evicts is stage 1: set enable, "
+                    "compact_on_summary_end and keep_last_n_blocks >= 0"
+                )
         self.tokenizer = tokenizer
         self.stage = stage
         self.block_masking = block_masking or BlockMaskingConfig(mask_delimiters=False)
@@ -263,8 +280,12 @@ class SFTTokenizer:
             "chat_template": "tokenizer" if self.renderer.uses_template else "chatml",
             "assistant_gating": self.assistant_gating,
             "markers_added": self.markers_added,
-            "marker_ids": {"block_start": self.markers.block_start, "block_end": self.markers.block_end,
-                           "summary_start": self.markers.summary_start, "summary_end": self.markers.summary_end},
+            "marker_ids": {
+                "block_start": self.markers.block_start,
+                "block_end": self.markers.block_end,
+                "summary_start": self.markers.summary_start,
+                "summary_end": self.markers.summary_end,
+            },
             "vocab_size": len(self.tokenizer),
             "ignore_index": IGNORE_INDEX,
         }
