@@ -12,10 +12,10 @@ from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mementokit.errors import ConfigError, InputError, MementoError
+from mementokit.errors import InputError, MementoError
 from mementokit.format.builders import response_from_row
 from mementokit.io.fields import MISSING, FieldMap, lookup_field
-from mementokit.io.readers import open_items
+from mementokit.io.readers import _check_limit, open_items
 from mementokit.io.stats import BAD_STRUCTURE, MISSING_FIELD, WRONG_TYPE, ReadStats, RowError
 from mementokit.records import UNKNOWN_DOMAIN, TraceRecord
 
@@ -45,8 +45,7 @@ def iter_traces(
     string, raises InputError naming the file, line and field, or with `skip_bad` is counted in `stats`.
     """
     field_map = field_map or FieldMap()
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ConfigError(f"limit must be a non-negative integer, got {limit!r}")
+    _check_limit(limit)
     warn_skips = stats is None
     stats = stats if stats is not None else ReadStats()
     items = open_items(
