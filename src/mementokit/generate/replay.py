@@ -152,12 +152,10 @@ def dense_reference_logits(model, token_ids, block_masking=None, *, tokenizer=No
 
 
 def _trace_value(trace, name: str):
-    """A field of a trace record (object or dict), looking into its raw row too; None when absent."""
-    value = trace.get(name) if isinstance(trace, dict) else getattr(trace, name, None)
-    if value is None:
-        raw = trace.get("raw") if isinstance(trace, dict) else getattr(trace, "raw", None)
-        if isinstance(raw, dict):
-            value = raw.get(name)
+    """A field of a trace (any form TraceRecord.of takes), looking into its raw row too; None when absent."""
+    from mementokit.records import TraceRecord
+
+    value = TraceRecord.of(trace).get(name)
     return None if value is None else value if isinstance(value, (int, float)) else str(value)
 
 
