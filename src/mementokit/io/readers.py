@@ -565,7 +565,9 @@ def decode_jsonl_line(
             pass
         else:
             # orjson reads an integer beyond 64 bits as a float, json as an int: such lines go to json.
-            if isinstance(data, dict) and not (_LONG_NUMBER.search(raw) and _has_float(data)):
+            # The walk over the decoded values is cheap; the regex over a whole line (tens of KB of text) is
+            # not, so it only runs when a float is there to explain.
+            if isinstance(data, dict) and not (_has_float(data) and _LONG_NUMBER.search(raw)):
                 return data
     try:
         text = raw.decode("utf-8-sig" if first else "utf-8")
