@@ -85,50 +85,9 @@ def traces(args, vocab: int) -> list[tuple[list[int], list[int]]]:
 
 
 def _force_processor():
-    from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
+    from mementokit.vllm_plugin.logits import ForceTokensLogitsProcessor
 
-    class ForceTokens(LogitsProcessor):
-        """extra_args {"force": [...]}: output token i is force[i] (the benchmark decodes fixed traces)."""
-
-        def __init__(self, vllm_config, device, is_pin_memory):
-            self.rows = {}
-
-        def is_argmax_invariant(self):
-            return False
-
-        def update_state(self, batch_update):
-            if batch_update is None:
-                return
-            for index in batch_update.removed:
-                self.rows.pop(index, None)
-            for index, params, _prompt, output in batch_update.added:
-                force = (params.extra_args or {}).get("force")
-                if force:
-                    self.rows[index] = (force, output)
-            for a, b, direction in batch_update.moved:
-                row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-                if row_a is not None:
-                    self.rows[b] = row_a
-                if direction == MoveDirectionality.SWAP and row_b is not None:
-                    self.rows[a] = row_b
-
-        def apply(self, logits):
-            import torch
-
-            if not self.rows:
-                return logits
-            rows, tokens = [], []
-            for index, (force, output) in self.rows.items():
-                if index < logits.shape[0] and len(output) < len(force):
-                    rows.append(index)
-                    tokens.append(force[len(output)])
-            if rows:
-                rows_t = torch.tensor(rows, device=logits.device)
-                logits[rows_t] = float("-inf")
-                logits[rows_t, torch.tensor(tokens, device=logits.device)] = 0.0
-            return logits
-
-    return ForceTokens
+    return ForceTokensLogitsProcessor
 
 
 def run_engine(args, mode: str) -> dict:

@@ -49,47 +49,10 @@ def load_hf(model_dir: Path):
 
 
 # ---- a logits processor that forces a token sequence (vLLM side) ------------------------------------------------
-@functools.cache
 def _force_processor_class():
-    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+    from mementokit.vllm_plugin.logits import ForceTokensLogitsProcessor
 
-    class ForceTokens(LogitsProcessor):
-        """extra_args {"force": [ids]}: output token i is force[i] while i < len(force); greedy afterwards.
-        vLLM's logprobs are read from the raw logits, so forcing does not change them."""
-
-        def __init__(self, vllm_config, device, is_pin_memory):
-            self.rows: dict[int, tuple[list[int], list[int]]] = {}
-
-        def is_argmax_invariant(self) -> bool:
-            return False
-
-        def update_state(self, batch_update: BatchUpdate | None) -> None:
-            if batch_update is None:
-                return
-            for index in batch_update.removed:
-                self.rows.pop(index, None)
-            for index, params, _prompt, output in batch_update.added:
-                force = (params.extra_args or {}).get("force") if params is not None else None
-                if force:
-                    self.rows[index] = (list(force), output)
-                else:
-                    self.rows.pop(index, None)
-            for a, b, direction in batch_update.moved:
-                row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-                if row_a is not None:
-                    self.rows[b] = row_a
-                if direction == MoveDirectionality.SWAP and row_b is not None:
-                    self.rows[a] = row_b
-
-        def apply(self, logits):
-            for index, (force, output) in self.rows.items():
-                i = len(output)
-                if index < logits.shape[0] and i < len(force):
-                    logits[index].fill_(float("-inf"))
-                    logits[index, force[i]] = 0.0
-            return logits
-
-    return ForceTokens
+    return ForceTokensLogitsProcessor
 
 
 def hf_force(force: list[int], prompt_len: int):

@@ -69,22 +69,11 @@ class BlockCapLogitsProcessor(LogitsProcessor):
         return BlockStateMachine(config, resolve_marker_ids(self._tokenizer, config))
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self.rows.pop(index, None)
-        for index, params, prompt, output in batch_update.added:
+        def capped(params, prompt, output) -> _Capped | None:
             machine = self._machine(params) if params is not None else None
-            if machine is None:
-                self.rows.pop(index, None)
-            else:
-                self.rows[index] = _Capped(machine, list(prompt or []), output)
-        for a, b, direction in batch_update.moved:
-            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-            if row_a is not None:
-                self.rows[b] = row_a
-            if direction == MoveDirectionality.SWAP and row_b is not None:
-                self.rows[a] = row_b
+            return None if machine is None else _Capped(machine, list(prompt or []), output)
+
+        follow_batch(self.rows, batch_update, capped)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, row in self.rows.items():
@@ -93,4 +82,56 @@ class BlockCapLogitsProcessor(LogitsProcessor):
                 keep = logits[index, block_end].clone()
                 logits[index].fill_(float("-inf"))
                 logits[index, block_end] = keep if torch.isfinite(keep) else 0.0
+        return logits
+
+
+def follow_batch(rows: dict, batch_update: BatchUpdate | None, state_of) -> None:
+    """Keep per-row state in step with vLLM's persistent batch: rows removed, added (`state_of(params, prompt,
+    output)` gives the new row's state, or None for a row this processor leaves alone), moved and swapped."""
+    if batch_update is None:
+        return
+    for index in batch_update.removed:
+        rows.pop(index, None)
+    for index, params, prompt, output in batch_update.added:
+        state = state_of(params, prompt, output)
+        if state is None:
+            rows.pop(index, None)
+        else:
+            rows[index] = state
+    for a, b, direction in batch_update.moved:
+        row_a, row_b = rows.pop(a, None), rows.pop(b, None)
+        if row_a is not None:
+            rows[b] = row_a
+        if direction == MoveDirectionality.SWAP and row_b is not None:
+            rows[a] = row_b
+
+
+class ForceTokensLogitsProcessor(LogitsProcessor):
+    """Teacher forcing for tests and benchmarks (pass it in `logits_processors`; it is not an entry point): a
+    request with extra_args {"force": [ids]} samples force[i] as its i-th output token while i < len(force),
+    then decodes normally. vLLM reads logprobs from the raw logits, so forcing does not change them."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
+        self.rows: dict[int, tuple[list[int], list[int]]] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        def forced(params, _prompt, output):
+            force = (params.extra_args or {}).get("force") if params is not None else None
+            return (list(force), output) if force else None
+
+        follow_batch(self.rows, batch_update, forced)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        rows, tokens = [], []
+        for index, (force, output) in self.rows.items():
+            if index < logits.shape[0] and len(output) < len(force):
+                rows.append(index)
+                tokens.append(force[len(output)])
+        if rows:  # one indexed write for the whole batch
+            rows_t = torch.tensor(rows, device=logits.device)
+            logits[rows_t] = float("-inf")
+            logits[rows_t, torch.tensor(tokens, device=logits.device)] = 0.0
         return logits
