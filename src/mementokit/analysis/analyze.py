@@ -12,6 +12,7 @@ import os
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -217,7 +218,7 @@ def analyze_traces(
     # Read in this thread (so reading errors surface here, where they happen), parse in the workers, keep
     # a bounded number of chunks in flight so memory stays flat, and take results back in input order.
     in_flight: deque = deque()
-    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with worker_pool(workers, init_args) as pool:
         for chunk in _chunks(traces, chunk_size):
             in_flight.append(pool.apply_async(_work, (chunk,)))
             while len(in_flight) > 2 * workers or (in_flight and in_flight[0].ready()):
@@ -225,6 +226,22 @@ def analyze_traces(
         while in_flight:
             take(in_flight.popleft().get())
     return _report(columns, tokenizer)
+
+
+@contextmanager
+def worker_pool(workers: int, init_args: tuple) -> Iterator[Any]:
+    """A fork pool of analysis workers that is closed and joined on the way out, never terminated.
+
+    `Pool.__exit__` terminates: killing workers while tasks are still queued (an early stop at --limit, an error
+    in the main process) can leave the pool's task thread blocked on the queue's lock forever. Closing lets the
+    few tasks in flight (at most two per worker) finish, then the workers exit.
+    """
+    pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        pool.join()
 
 
 def _report(columns: _Columns, tokenizer: str | None) -> AnalysisReport:

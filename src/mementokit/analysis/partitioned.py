@@ -12,7 +12,6 @@ path (their order comes from sampling buffers, not from storage).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from array import array
 from collections import deque
@@ -23,7 +22,7 @@ from typing import Any
 
 from mementokit.analysis import analyze as _analyze
 from mementokit.analysis import cscan
-from mementokit.analysis.analyze import AnalysisReport, _Columns, _init_worker, _report, analyze_traces
+from mementokit.analysis.analyze import AnalysisReport, _Columns, _init_worker, _report, analyze_traces, worker_pool
 from mementokit.analysis.stats import ChunkResult, measure_chunk
 from mementokit.errors import ConfigError, InputError
 from mementokit.format.markers import DEFAULT_MARKERS, Markers
@@ -248,7 +247,7 @@ def _analyze_parts(
         return _report(merger.columns, tokenizer)
     pending: Iterator[Part] = iter(parts)
     in_flight: deque = deque()
-    with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with worker_pool(workers, init_args) as pool:
 
         def submit() -> None:
             part = next(pending, None)
