@@ -28,6 +28,7 @@ import math
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -330,3 +331,35 @@ def running_server(script: Script):
     """Serve `script` on 127.0.0.1 (a free port) in a background thread; yields the base URL (.../v1)."""
     with serve_app(make_app(script)) as root:
         yield f"{root}/v1"
+
+
+def write_input(path, rows) -> Any:
+    """Rows as a JSONL input file; returns its path."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def pipeline_run_command(source, out, url: str, *options: str) -> list[str]:
+    """`memento pipeline run SOURCE --out OUT` against the local server, as a subprocess argument list."""
+    return [
+        sys.executable,
+        "-m",
+        "mementokit.cli",
+        "pipeline",
+        "run",
+        str(source),
+        "--out",
+        str(out),
+        "--model",
+        "m",
+        "--base-url",
+        url,
+        "--api-key",
+        "x",
+        *options,
+    ]
+
+
+def ledger_lines(path) -> int:
+    """Whole lines in a ledger file (0 when it does not exist yet)."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0

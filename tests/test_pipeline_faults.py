@@ -7,14 +7,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from helpers_llm_server import Fault, Script, running_server, trace_variants
+from helpers_llm_server import Fault, Script, pipeline_run_command, running_server, trace_variants, write_input
 from mementokit.cli.main import app
 from mementokit.errors import ConfigError, LLMAbort, LLMError, MementoError, StageFailure
 from mementokit.jsonl import read_ledger
@@ -35,11 +33,6 @@ def config(url, **kwargs):
     llm = {"model": "scripted", "base_url": url, **FAST, "timeout_s": 10}
     llm.update(kwargs.pop("llm", {}))
     return PipelineConfig(llm=LLMConfig(**llm), **kwargs)
-
-
-def write_input(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.mark.parametrize("kind", ["429", "500", "503", "truncated", "empty_choices", "slow", "drop"])
@@ -116,24 +109,7 @@ def free_port() -> int:
 def test_connection_refused_aborts_and_the_command_exits_non_zero_naming_the_url(tmp_path):
     source = write_input(tmp_path / "in.jsonl", trace_variants(2))
     url = f"http://127.0.0.1:{free_port()}/v1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mementokit.cli",
-        "pipeline",
-        "run",
-        str(source),
-        "--out",
-        str(tmp_path / "out"),
-        "--model",
-        "m",
-        "--base-url",
-        url,
-        "--api-key",
-        "x",
-        "--abort-after",
-        "3",
-    ]
+    cmd = pipeline_run_command(source, tmp_path / "out", url, "--abort-after", "3")
     started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "connection refused" in done.stderr and url in done.stderr
@@ -213,22 +189,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "out"
     script = Script(latency_s=0.1)
     with running_server(script) as url:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mementokit.cli",
-            "pipeline",
-            "run",
-            str(source),
-            "--out",
-            str(out),
-            "--model",
-            "m",
-            "--base-url",
-            url,
-            "--api-key",
-            "x",
-        ]
+        cmd = pipeline_run_command(source, out, url)
         first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
@@ -271,24 +232,7 @@ def test_files_are_0644_no_temporary_file_is_left_and_the_cache_is_on_by_default
 def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(tmp_path):
     source = write_input(tmp_path / "in.jsonl", trace_variants(2))
     with running_server(Script(latency_s=0.05)) as url:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mementokit.cli",
-            "pipeline",
-            "run",
-            str(source),
-            "--out",
-            str(tmp_path / "o"),
-            "--model",
-            "m",
-            "--base-url",
-            url,
-            "--api-key",
-            "x",
-            "--log-every",
-            "0.2",
-        ]
+        cmd = pipeline_run_command(source, tmp_path / "o", url, "--log-every", "0.2")
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     lines = [line for line in done.stderr.splitlines() if "pipeline:" in line and "traces/min" in line]
     assert done.returncode == 0 and len(lines) >= 2 and "requests" in lines[-1]

@@ -7,13 +7,20 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers_llm_server import Fault, Script, running_server, trace_variants
+from helpers_llm_server import (
+    Fault,
+    Script,
+    ledger_lines,
+    pipeline_run_command,
+    running_server,
+    trace_variants,
+    write_input,
+)
 from mementokit.format import parse_response
 from mementokit.jsonl import read_ledger as read_jsonl
 from mementokit.jsonl import repair_tail as _repair_tail
@@ -138,47 +145,22 @@ def test_a_torn_last_line_is_cut_before_resuming(tmp_path):
     assert path.read_text() == '{"task_id": "a"}\n'
 
 
-def count_lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
 def test_killed_at_random_moments_the_runner_loses_and_duplicates_nothing(tmp_path):
     rows = trace_variants(8)
-    source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = write_input(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     rng = random.Random(1234)
     script = Script(latency_s=0.03)
     with running_server(script) as url:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mementokit.cli",
-            "pipeline",
-            "run",
-            str(source),
-            "--out",
-            str(out),
-            "--model",
-            "m",
-            "--base-url",
-            url,
-            "--api-key",
-            "x",
-            "--traces-in-flight",
-            "3",
-            "--concurrency",
-            "6",
-            "--json",
-        ]
+        cmd = pipeline_run_command(source, out, url, "--traces-in-flight", "3", "--concurrency", "6", "--json")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         kills = 0
         for _ in range(4):
-            before = count_lines(out / "results.jsonl")
+            before = ledger_lines(out / "results.jsonl")
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             deadline = time.monotonic() + 60
             # wait for the run to make progress, then kill it at a random moment (often mid-trace, mid-write)
-            while proc.poll() is None and count_lines(out / "results.jsonl") == before and time.monotonic() < deadline:
+            while proc.poll() is None and ledger_lines(out / "results.jsonl") == before and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.4))
             if proc.poll() is None:

@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from helpers_llm_server import Script, running_server, trace_variants
+from helpers_llm_server import Script, ledger_lines, pipeline_run_command, running_server, trace_variants, write_input
 from mementokit.cli.main import app
 from mementokit.errors import ConfigError
 from mementokit.format import parse_response
@@ -23,10 +21,6 @@ from mementokit.pipeline.config import PipelineConfig
 from mementokit.pipeline.runner import run_pipeline, shard_of
 
 pytest.importorskip("datatrove")
-
-
-def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def wait_for(condition, timeout: float = 60.0) -> None:
@@ -39,26 +33,14 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 def test_datatrove_local_executor_2_tasks_2_workers_a_killed_task_resumes_without_duplicates(tmp_path):
     rows = trace_variants(8)
-    source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = write_input(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
     shard0, shard1 = out / "results.00000-of-00002.jsonl", out / "results.00001-of-00002.jsonl"
     with running_server(Script(latency_s=0.1)) as url:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mementokit.cli",
-            "pipeline",
-            "run",
-            str(source),
-            "--out",
-            str(out),
-            "--model",
-            "m",
-            "--base-url",
+        cmd = pipeline_run_command(
+            source,
+            out,
             url,
-            "--api-key",
-            "x",
             "--executor",
             "local",
             "--tasks",
@@ -68,13 +50,13 @@ def test_datatrove_local_executor_2_tasks_2_workers_a_killed_task_resumes_withou
             "--traces-in-flight",
             "1",
             "--json",
-        ]
+        )
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            wait_for(lambda: lines(shard0) >= 1)  # task 0 is under way: kill the process running it
+            wait_for(lambda: ledger_lines(shard0) >= 1)  # task 0 is under way: kill the process running it
             worker = int((out / ".shard.00000-of-00002.lock").read_text().split()[0])
             os.kill(worker, signal.SIGKILL)
-            killed_at = lines(shard0)
+            killed_at = ledger_lines(shard0)
             wait_for(lambda: (out / "datatrove" / "completions" / "00001").exists())
         finally:  # a pool whose worker died never returns: end the whole run
             os.killpg(proc.pid, signal.SIGKILL)
